@@ -1,0 +1,349 @@
+//! The extraction record: where a consumed message's trace context came
+//! from, and — when it came from nowhere — why.
+//!
+//! Every [`Context`] yielded by the consumer adapter carries an
+//! [`ExtractionRecord`], readable with `cx.get::<ExtractionRecord>()` or
+//! [`MessageContextExt::extraction`](crate::MessageContextExt::extraction).
+
+use std::fmt;
+
+use async_nats::HeaderMap;
+use opentelemetry::trace::TraceContextExt;
+use opentelemetry::Context;
+
+use crate::carrier::{find_header, HeaderExtractor};
+use crate::propagator::PropagatorChoice;
+use crate::w3c::{parse_traceparent, TraceparentProblem, TRACEPARENT};
+
+/// Where a message's trace context came from.
+///
+/// # Examples
+///
+/// ```
+/// use nats_otel::ContextSource;
+///
+/// assert_eq!(ContextSource::Headers.as_str(), "headers");
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ContextSource {
+    /// The message headers.
+    Headers,
+    /// The KV fallback bucket.
+    Kv,
+    /// A carrier embedded in the message payload or job data.
+    Payload,
+    /// Nowhere: the consumer started a new trace. The record's
+    /// [`reason`](ExtractionRecord::reason) says why.
+    None,
+}
+
+impl ContextSource {
+    /// A short, stable name for metrics and logs: `headers`, `kv`, `payload`
+    /// or `none`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Headers => "headers",
+            Self::Kv => "kv",
+            Self::Payload => "payload",
+            Self::None => "none",
+        }
+    }
+}
+
+impl fmt::Display for ContextSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The longest excerpt of an offending header value kept in a reason.
+pub(crate) const EXCERPT_LEN: usize = 64;
+
+/// Why a message yielded no trace context.
+///
+/// Each variant's `Display` says what to check.
+///
+/// # Examples
+///
+/// ```
+/// use nats_otel::NoContextReason;
+///
+/// let reason = NoContextReason::NoHeaders;
+/// assert_eq!(reason.as_str(), "no_headers");
+/// assert!(reason.to_string().contains("no headers"));
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum NoContextReason {
+    /// The message carries no headers at all.
+    NoHeaders,
+    /// The message has headers, but none of the propagator's fields
+    /// (e.g. no `traceparent` in any casing).
+    MissingTraceparent {
+        /// The header names that did arrive.
+        present: Vec<String>,
+    },
+    /// A `traceparent` arrived but breaks a W3C rule.
+    MalformedTraceparent {
+        /// The header name as it arrived (its casing may differ).
+        header: String,
+        /// The value, truncated to 64 characters.
+        value: String,
+        /// The rule it breaks.
+        problem: TraceparentProblem,
+    },
+    /// A custom propagator produced no valid context from headers that
+    /// contain some of its fields.
+    PropagatorRejected {
+        /// The propagator's fields that were present.
+        fields: Vec<String>,
+    },
+}
+
+impl NoContextReason {
+    /// A short, stable name for metrics and logs, e.g. `"no_headers"`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::NoHeaders => "no_headers",
+            Self::MissingTraceparent { .. } => "no_traceparent",
+            Self::MalformedTraceparent { .. } => "malformed_traceparent",
+            Self::PropagatorRejected { .. } => "propagator_rejected",
+        }
+    }
+}
+
+impl fmt::Display for NoContextReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::NoHeaders => f.write_str(
+                "no headers: the publisher injected nothing (no-op propagator? invalid span \
+                 context at publish time?) or something in transit dropped the headers",
+            ),
+            Self::MissingTraceparent { present } => write!(
+                f,
+                "no traceparent header in any casing (headers present: {}); the publisher did \
+                 not inject or a relay renamed or dropped it",
+                present.join(", ")
+            ),
+            Self::MalformedTraceparent {
+                header,
+                value,
+                problem,
+            } => write!(f, "malformed {header} {value:?}: {problem}"),
+            Self::PropagatorRejected { fields } => write!(
+                f,
+                "the configured propagator found no valid context in fields {}",
+                fields.join(", ")
+            ),
+        }
+    }
+}
+
+/// Where a consumed message's context came from, and why when nowhere.
+///
+/// Stored in the [`Context`] the consumer adapter yields.
+///
+/// # Examples
+///
+/// ```
+/// use nats_otel::{ContextSource, ExtractionRecord, MessageContextExt};
+/// use opentelemetry::Context;
+///
+/// # fn handle(cx: Context) {
+/// if let Some(record) = cx.extraction() {
+///     if record.source() == ContextSource::None {
+///         eprintln!("new trace: {}", record.reason().unwrap());
+///     }
+/// }
+/// # }
+/// # handle(Context::new());
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExtractionRecord {
+    source: ContextSource,
+    reason: Option<NoContextReason>,
+    header_name: Option<String>,
+    notes: Vec<String>,
+}
+
+impl ExtractionRecord {
+    pub(crate) fn found(source: ContextSource) -> Self {
+        Self {
+            source,
+            reason: None,
+            header_name: None,
+            notes: Vec::new(),
+        }
+    }
+
+    pub(crate) fn none(reason: NoContextReason) -> Self {
+        Self {
+            source: ContextSource::None,
+            reason: Some(reason),
+            header_name: None,
+            notes: Vec::new(),
+        }
+    }
+
+    pub(crate) fn with_header_name(mut self, name: &str) -> Self {
+        self.header_name = Some(name.to_owned());
+        self
+    }
+
+    #[allow(dead_code)]
+    pub(crate) fn push_note(&mut self, note: String) {
+        self.notes.push(note);
+    }
+
+    /// Where the context came from.
+    pub fn source(&self) -> ContextSource {
+        self.source
+    }
+
+    /// Why there is no context; `Some` exactly when the source is
+    /// [`ContextSource::None`].
+    pub fn reason(&self) -> Option<&NoContextReason> {
+        self.reason.as_ref()
+    }
+
+    /// The `traceparent` header name as it arrived, when the context came
+    /// from headers and the name was not the lowercase W3C one
+    /// (e.g. `Traceparent` from Go).
+    pub fn header_name(&self) -> Option<&str> {
+        self.header_name.as_deref()
+    }
+
+    /// Further observations, e.g. headers and the fallback disagreeing.
+    pub fn notes(&self) -> &[String] {
+        &self.notes
+    }
+}
+
+impl fmt::Display for ExtractionRecord {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "source={}", self.source)?;
+        if let Some(reason) = &self.reason {
+            write!(f, " reason={reason}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Truncates `value` to at most [`EXCERPT_LEN`] characters.
+pub(crate) fn excerpt(value: &str) -> String {
+    match value.char_indices().nth(EXCERPT_LEN) {
+        Some((end, _)) => format!("{}…", &value[..end]),
+        None => value.to_owned(),
+    }
+}
+
+/// Extracts the remote context from message headers and records the
+/// outcome. Never panics; the returned context may carry baggage even when
+/// it carries no span.
+pub(crate) fn extract_headers(
+    propagator: &PropagatorChoice,
+    headers: Option<&HeaderMap>,
+) -> (Context, ExtractionRecord) {
+    let Some(headers) = headers.filter(|h| !h.is_empty()) else {
+        return (Context::new(), ExtractionRecord::none(NoContextReason::NoHeaders));
+    };
+    propagator.with(|p| {
+        let cx = p.extract_with_context(&Context::new(), &HeaderExtractor::new(headers));
+        if cx.span().span_context().is_valid() {
+            let mut record = ExtractionRecord::found(ContextSource::Headers);
+            if let Some((name, _)) = find_header(headers, TRACEPARENT) {
+                if name != TRACEPARENT {
+                    record = record.with_header_name(name);
+                }
+            }
+            return (cx, record);
+        }
+        let reason = match find_header(headers, TRACEPARENT) {
+            Some((name, value)) => match parse_traceparent(value) {
+                Err(problem) => NoContextReason::MalformedTraceparent {
+                    header: name.to_owned(),
+                    value: excerpt(value),
+                    problem,
+                },
+                Ok(_) => NoContextReason::PropagatorRejected {
+                    fields: present_fields(p, headers),
+                },
+            },
+            None => {
+                let fields = present_fields(p, headers);
+                if fields.is_empty() || fields.iter().all(|f| !is_trace_field(f)) {
+                    NoContextReason::MissingTraceparent {
+                        present: headers.iter().map(|(n, _)| n.to_string()).collect(),
+                    }
+                } else {
+                    NoContextReason::PropagatorRejected { fields }
+                }
+            }
+        };
+        (cx, ExtractionRecord::none(reason))
+    })
+}
+
+fn present_fields(
+    p: &dyn opentelemetry::propagation::TextMapPropagator,
+    headers: &HeaderMap,
+) -> Vec<String> {
+    p.fields()
+        .filter(|f| find_header(headers, f).is_some())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Fields that carry a span (as opposed to baggage or trace state).
+fn is_trace_field(field: &str) -> bool {
+    !matches!(field, "baggage" | "tracestate")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn excerpt_truncates_on_char_boundary() {
+        let long = "ж".repeat(100);
+        let e = excerpt(&long);
+        assert_eq!(e.chars().count(), EXCERPT_LEN + 1);
+        assert_eq!(excerpt("short"), "short");
+    }
+
+    #[test]
+    fn reasons_for_each_header_shape() {
+        let choice = PropagatorChoice::Auto;
+        let (_, r) = extract_headers(&choice, None);
+        assert_eq!(r.reason(), Some(&NoContextReason::NoHeaders));
+
+        let mut h = HeaderMap::new();
+        h.insert("job-id", "1");
+        let (_, r) = extract_headers(&choice, Some(&h));
+        assert_eq!(r.reason().unwrap().as_str(), "no_traceparent");
+
+        h.insert(
+            "Traceparent",
+            "00-0AF7651916CD43DD8448EB211C80319C-B7AD6B7169203331-01",
+        );
+        let (_, r) = extract_headers(&choice, Some(&h));
+        assert!(matches!(
+            r.reason(),
+            Some(NoContextReason::MalformedTraceparent {
+                problem: TraceparentProblem::UppercaseHex,
+                ..
+            })
+        ));
+
+        let mut h = HeaderMap::new();
+        h.insert(
+            "Traceparent",
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+        );
+        let (cx, r) = extract_headers(&choice, Some(&h));
+        assert_eq!(r.source(), ContextSource::Headers);
+        assert_eq!(r.header_name(), Some("Traceparent"));
+        assert!(cx.span().span_context().is_remote());
+    }
+}

@@ -1,0 +1,94 @@
+//! Which [`TextMapPropagator`] injects and extracts.
+//!
+//! OpenTelemetry's global propagator defaults to a no-op that writes nothing
+//! and reads nothing — the most common reason a consumer silently starts a
+//! new trace. By default this crate uses the global propagator when one has
+//! been set, and W3C Trace Context + Baggage when the global is still the
+//! no-op. An explicit propagator always wins.
+
+use std::fmt;
+use std::sync::{Arc, LazyLock};
+
+use opentelemetry::global;
+use opentelemetry::propagation::{TextMapCompositePropagator, TextMapPropagator};
+use opentelemetry_sdk::propagation::{BaggagePropagator, TraceContextPropagator};
+
+static W3C: LazyLock<TextMapCompositePropagator> = LazyLock::new(|| {
+    TextMapCompositePropagator::new(vec![
+        Box::new(TraceContextPropagator::new()),
+        Box::new(BaggagePropagator::new()),
+    ])
+});
+
+/// The propagator used by the layer and the consumer adapter.
+#[derive(Clone, Default)]
+pub(crate) enum PropagatorChoice {
+    /// The global propagator if set, else W3C Trace Context + Baggage.
+    #[default]
+    Auto,
+    /// A propagator given by the user.
+    Custom(Arc<dyn TextMapPropagator + Send + Sync>),
+}
+
+impl fmt::Debug for PropagatorChoice {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Auto => f.write_str("Auto"),
+            Self::Custom(p) => {
+                let fields: Vec<&str> = p.fields().collect();
+                f.debug_tuple("Custom").field(&fields).finish()
+            }
+        }
+    }
+}
+
+impl PropagatorChoice {
+    pub(crate) fn custom<P>(propagator: P) -> Self
+    where
+        P: TextMapPropagator + Send + Sync + 'static,
+    {
+        Self::Custom(Arc::new(propagator))
+    }
+
+    /// Runs `f` with the propagator this choice resolves to right now.
+    pub(crate) fn with<R>(&self, f: impl FnOnce(&dyn TextMapPropagator) -> R) -> R {
+        match self {
+            Self::Custom(p) => f(p.as_ref()),
+            Self::Auto => {
+                let mut f = Some(f);
+                global::get_text_map_propagator(|global| {
+                    let f = f.take().expect("get_text_map_propagator calls once");
+                    if is_noop(global) {
+                        f(&*W3C)
+                    } else {
+                        f(global)
+                    }
+                })
+            }
+        }
+    }
+}
+
+/// Whether `propagator` is a no-op: one that declares no fields.
+pub(crate) fn is_noop(propagator: &dyn TextMapPropagator) -> bool {
+    propagator.fields().next().is_none()
+}
+
+/// Whether the global text-map propagator is still OpenTelemetry's default
+/// no-op (nothing has called `opentelemetry::global::set_text_map_propagator`).
+///
+/// This crate does not depend on it — it falls back to W3C Trace Context and
+/// Baggage — but other instrumentation in the same process (HTTP clients and
+/// servers) does.
+///
+/// # Examples
+///
+/// ```
+/// opentelemetry::global::set_text_map_propagator(
+///     opentelemetry_sdk::propagation::TraceContextPropagator::new(),
+/// );
+/// assert!(!nats_otel::global_propagator_is_noop());
+/// ```
+pub fn global_propagator_is_noop() -> bool {
+    global::get_text_map_propagator(is_noop)
+}
