@@ -1,0 +1,140 @@
+//! Spans through the OpenTelemetry SDK's in-memory exporter, for asserting
+//! trace ids and parent chains — never log text.
+#![allow(dead_code)]
+
+use opentelemetry::trace::{SpanId, SpanKind, TraceId, TracerProvider as _};
+use opentelemetry::Value;
+use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider, SpanData};
+use tracing::subscriber::DefaultGuard;
+use tracing_subscriber::layer::SubscriberExt;
+
+/// A `tracing` subscriber with an OpenTelemetry layer exporting to memory,
+/// installed as the thread's default for as long as this value lives.
+///
+/// `#[tokio::test]` runs on a current-thread runtime, so everything the test
+/// spawns sees this subscriber.
+pub struct Telemetry {
+    exporter: InMemorySpanExporter,
+    provider: SdkTracerProvider,
+    _guard: DefaultGuard,
+}
+
+impl Telemetry {
+    pub fn install() -> Self {
+        let exporter = InMemorySpanExporter::default();
+        let provider = SdkTracerProvider::builder()
+            .with_simple_exporter(exporter.clone())
+            .build();
+        let tracer = provider.tracer("nats-otel-tests");
+        let subscriber = tracing_subscriber::registry()
+            .with(tracing_opentelemetry::layer().with_tracer(tracer))
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_test_writer()
+                    .with_filter(tracing_subscriber::filter::LevelFilter::WARN),
+            );
+        let guard = tracing::subscriber::set_default(subscriber);
+        Self {
+            exporter,
+            provider,
+            _guard: guard,
+        }
+    }
+
+    /// All finished spans, after a flush.
+    pub fn spans(&self) -> Vec<SpanData> {
+        self.provider.force_flush().expect("flush spans");
+        self.exporter.get_finished_spans().expect("finished spans")
+    }
+
+    /// The one finished span named `name`; panics listing the names when
+    /// there is not exactly one.
+    pub fn span(&self, name: &str) -> SpanData {
+        let spans = self.spans();
+        let mut matching: Vec<SpanData> = spans.iter().filter(|s| s.name == name).cloned().collect();
+        assert_eq!(
+            matching.len(),
+            1,
+            "expected one span named {name:?}, finished spans: {:?}",
+            spans.iter().map(|s| s.name.to_string()).collect::<Vec<_>>()
+        );
+        matching.remove(0)
+    }
+
+    /// Every finished span named `name`.
+    pub fn spans_named(&self, name: &str) -> Vec<SpanData> {
+        self.spans().into_iter().filter(|s| s.name == name).collect()
+    }
+
+    pub fn reset(&self) {
+        self.exporter.reset();
+    }
+}
+
+use tracing_subscriber::Layer as _;
+
+pub fn trace_id(span: &SpanData) -> TraceId {
+    span.span_context.trace_id()
+}
+
+pub fn span_id(span: &SpanData) -> SpanId {
+    span.span_context.span_id()
+}
+
+/// Asserts `child` is a direct child of `parent` in the same trace.
+#[track_caller]
+pub fn assert_child_of(child: &SpanData, parent: &SpanData) {
+    assert_eq!(
+        trace_id(child),
+        trace_id(parent),
+        "{:?} and {:?} are in different traces",
+        child.name,
+        parent.name
+    );
+    assert_eq!(
+        child.parent_span_id,
+        span_id(parent),
+        "{:?} is not a child of {:?}",
+        child.name,
+        parent.name
+    );
+}
+
+/// Asserts `inner` starts no earlier and ends no later than `outer`.
+#[track_caller]
+pub fn assert_within(inner: &SpanData, outer: &SpanData) {
+    assert!(
+        inner.start_time >= outer.start_time && inner.end_time <= outer.end_time,
+        "{:?} [{:?}..{:?}] does not lie inside {:?} [{:?}..{:?}]",
+        inner.name,
+        inner.start_time,
+        inner.end_time,
+        outer.name,
+        outer.start_time,
+        outer.end_time
+    );
+}
+
+pub fn attribute(span: &SpanData, key: &str) -> Option<Value> {
+    span.attributes
+        .iter()
+        .find(|kv| kv.key.as_str() == key)
+        .map(|kv| kv.value.clone())
+}
+
+#[track_caller]
+pub fn assert_attribute(span: &SpanData, key: &str, expected: impl Into<Value>) {
+    let expected = expected.into();
+    assert_eq!(
+        attribute(span, key),
+        Some(expected.clone()),
+        "span {:?} attribute {key}: attributes are {:?}",
+        span.name,
+        span.attributes
+    );
+}
+
+#[track_caller]
+pub fn assert_kind(span: &SpanData, kind: SpanKind) {
+    assert_eq!(span.span_kind, kind, "span {:?} kind", span.name);
+}
