@@ -113,7 +113,10 @@ impl fmt::Display for InjectSkip {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::InvalidName { name } => {
-                write!(f, "{name:?} is not a valid NATS header name; field not injected")
+                write!(
+                    f,
+                    "{name:?} is not a valid NATS header name; field not injected"
+                )
             }
             Self::InvalidValue { name } => write!(
                 f,

@@ -99,6 +99,41 @@ pub enum NoContextReason {
         /// The propagator's fields that were present.
         fields: Vec<String>,
     },
+    /// The payload carrier function found no carrier in the message.
+    NoPayloadCarrier,
+    /// No KV fallback key could be derived from the message.
+    #[cfg(feature = "kv")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "kv")))]
+    FallbackKey(crate::fallback::KeyError),
+    /// The KV fallback bucket has no record under the key (never written,
+    /// or expired after the bucket's `max_age`).
+    KvNotFound {
+        /// The encoded key.
+        key: String,
+    },
+    /// The KV lookup took longer than the lookup timeout.
+    KvTimeout {
+        /// The encoded key.
+        key: String,
+        /// The timeout.
+        timeout: std::time::Duration,
+    },
+    /// The KV lookup failed (bucket deleted, server unreachable, …).
+    KvError {
+        /// The encoded key.
+        key: String,
+        /// The error.
+        error: String,
+    },
+    /// The KV record is not a carrier record this crate can read.
+    #[cfg(feature = "kv")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "kv")))]
+    KvInvalidRecord {
+        /// The encoded key.
+        key: String,
+        /// Why it could not be read.
+        error: crate::fallback::RecordError,
+    },
 }
 
 impl NoContextReason {
@@ -109,6 +144,14 @@ impl NoContextReason {
             Self::MissingTraceparent { .. } => "no_traceparent",
             Self::MalformedTraceparent { .. } => "malformed_traceparent",
             Self::PropagatorRejected { .. } => "propagator_rejected",
+            Self::NoPayloadCarrier => "no_payload_carrier",
+            #[cfg(feature = "kv")]
+            Self::FallbackKey(_) => "no_fallback_key",
+            Self::KvNotFound { .. } => "kv_not_found",
+            Self::KvTimeout { .. } => "kv_timeout",
+            Self::KvError { .. } => "kv_error",
+            #[cfg(feature = "kv")]
+            Self::KvInvalidRecord { .. } => "kv_invalid_record",
         }
     }
 }
@@ -136,6 +179,27 @@ impl fmt::Display for NoContextReason {
                 "the configured propagator found no valid context in fields {}",
                 fields.join(", ")
             ),
+            Self::NoPayloadCarrier => f.write_str("no trace carrier in the message payload"),
+            #[cfg(feature = "kv")]
+            Self::FallbackKey(e) => e.fmt(f),
+            Self::KvNotFound { key } => write!(
+                f,
+                "no KV fallback record under key {key:?} (never written, or expired)"
+            ),
+            Self::KvTimeout { key, timeout } => write!(
+                f,
+                "KV fallback lookup of key {key:?} took longer than {timeout:?}"
+            ),
+            Self::KvError { key, error } => {
+                write!(f, "KV fallback lookup of key {key:?} failed: {error}")
+            }
+            #[cfg(feature = "kv")]
+            Self::KvInvalidRecord { key, error } => {
+                write!(
+                    f,
+                    "KV fallback record under key {key:?} is invalid: {error}"
+                )
+            }
         }
     }
 }
@@ -163,6 +227,7 @@ impl fmt::Display for NoContextReason {
 pub struct ExtractionRecord {
     source: ContextSource,
     reason: Option<NoContextReason>,
+    fallback_reason: Option<NoContextReason>,
     header_name: Option<String>,
     notes: Vec<String>,
 }
@@ -172,6 +237,7 @@ impl ExtractionRecord {
         Self {
             source,
             reason: None,
+            fallback_reason: None,
             header_name: None,
             notes: Vec::new(),
         }
@@ -181,6 +247,7 @@ impl ExtractionRecord {
         Self {
             source: ContextSource::None,
             reason: Some(reason),
+            fallback_reason: None,
             header_name: None,
             notes: Vec::new(),
         }
@@ -191,9 +258,20 @@ impl ExtractionRecord {
         self
     }
 
-    #[allow(dead_code)]
     pub(crate) fn push_note(&mut self, note: String) {
         self.notes.push(note);
+    }
+
+    /// The headers gave nothing, but a fallback did.
+    pub(crate) fn recovered(mut self, source: ContextSource) -> Self {
+        self.source = source;
+        self
+    }
+
+    /// The headers gave nothing, and neither did a fallback.
+    pub(crate) fn fallback_missed(mut self, reason: NoContextReason) -> Self {
+        self.fallback_reason = Some(reason);
+        self
     }
 
     /// Where the context came from.
@@ -201,10 +279,18 @@ impl ExtractionRecord {
         self.source
     }
 
-    /// Why there is no context; `Some` exactly when the source is
-    /// [`ContextSource::None`].
+    /// Why the headers gave no context; `Some` whenever the source is not
+    /// [`ContextSource::Headers`]. With source [`ContextSource::None`] this
+    /// is why a new trace started; with `Kv` or `Payload` it is what the
+    /// fallback recovered from (e.g. a relay dropped the headers).
     pub fn reason(&self) -> Option<&NoContextReason> {
         self.reason.as_ref()
+    }
+
+    /// Why the configured fallback (payload carrier or KV) gave no context
+    /// either; `None` when it was not configured, or when it succeeded.
+    pub fn fallback_reason(&self) -> Option<&NoContextReason> {
+        self.fallback_reason.as_ref()
     }
 
     /// The `traceparent` header name as it arrived, when the context came
@@ -226,6 +312,9 @@ impl fmt::Display for ExtractionRecord {
         if let Some(reason) = &self.reason {
             write!(f, " reason={reason}")?;
         }
+        if let Some(reason) = &self.fallback_reason {
+            write!(f, " fallback_reason={reason}")?;
+        }
         Ok(())
     }
 }
@@ -246,7 +335,10 @@ pub(crate) fn extract_headers(
     headers: Option<&HeaderMap>,
 ) -> (Context, ExtractionRecord) {
     let Some(headers) = headers.filter(|h| !h.is_empty()) else {
-        return (Context::new(), ExtractionRecord::none(NoContextReason::NoHeaders));
+        return (
+            Context::new(),
+            ExtractionRecord::none(NoContextReason::NoHeaders),
+        );
     };
     propagator.with(|p| {
         let cx = p.extract_with_context(&Context::new(), &HeaderExtractor::new(headers));
@@ -282,6 +374,30 @@ pub(crate) fn extract_headers(
             }
         };
         (cx, ExtractionRecord::none(reason))
+    })
+}
+
+/// Reads a [`TraceCarrier`](crate::TraceCarrier) with the W3C propagators;
+/// `what` names the carrier in reasons (e.g. `"kv traceparent"`).
+pub(crate) fn context_from_carrier(
+    carrier: &crate::TraceCarrier,
+    what: &str,
+) -> Result<Context, NoContextReason> {
+    use opentelemetry::propagation::TextMapPropagator;
+    let cx = crate::propagator::w3c().extract_with_context(&Context::new(), carrier);
+    if cx.span().span_context().is_valid() {
+        return Ok(cx);
+    }
+    let value = carrier.traceparent.as_deref().unwrap_or("");
+    Err(match parse_traceparent(value) {
+        Err(problem) => NoContextReason::MalformedTraceparent {
+            header: what.to_owned(),
+            value: excerpt(value),
+            problem,
+        },
+        Ok(_) => NoContextReason::PropagatorRejected {
+            fields: vec![what.to_owned()],
+        },
     })
 }
 

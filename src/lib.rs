@@ -14,6 +14,9 @@
 //!   [`TraceContextStreamExt::with_trace_context`]) wraps a subscription or a
 //!   JetStream pull consumer and yields `(message, Context)`, where the
 //!   context holds a CONSUMER `process` span whose parent is the publisher's.
+//! - **When headers get lost:** with the `kv` feature, a `KvFallback`
+//!   stores the carrier in a NATS KV bucket too; a [`TraceCarrier`] embeds it
+//!   in job data. Consumers recover the context from either.
 //! - **Never silent:** every yielded context carries an [`ExtractionRecord`]
 //!   with its [`ContextSource`] and, when there is none, a
 //!   [`NoContextReason`] a person can act on.
@@ -56,8 +59,12 @@ mod carrier;
 mod consume;
 mod error;
 mod extraction;
+#[cfg(feature = "kv")]
+#[cfg_attr(docsrs, doc(cfg(feature = "kv")))]
+pub mod fallback;
 mod propagator;
 mod publish;
+mod trace_carrier;
 mod w3c;
 
 pub use carrier::{HeaderExtractor, HeaderInjector, InjectSkip};
@@ -67,6 +74,10 @@ pub use consume::{
 };
 pub use error::InvalidHeader;
 pub use extraction::{ContextSource, ExtractionRecord, NoContextReason};
+#[cfg(feature = "kv")]
+pub use fallback::{
+    FallbackError, FallbackKey, KeyInput, KvFallback, KvFallbackLayer, KvWriteError, WriteFailure,
+};
 pub use propagator::global_propagator_is_noop;
 pub use publish::{
     CorePublisher, Publish, PublishMessage, PublishParts, Requester, ResponseFuture,
@@ -74,4 +85,5 @@ pub use publish::{
 };
 #[cfg(feature = "jetstream")]
 pub use publish::{JetStreamPublisher, JetStreamSender};
+pub use trace_carrier::TraceCarrier;
 pub use w3c::{check_traceparent, TraceparentProblem, BAGGAGE, TRACEPARENT, TRACESTATE};

@@ -20,6 +20,12 @@ static W3C: LazyLock<TextMapCompositePropagator> = LazyLock::new(|| {
     ])
 });
 
+/// W3C Trace Context + Baggage: the default when the global is the no-op,
+/// and the reader of [`TraceCarrier`](crate::TraceCarrier)s.
+pub(crate) fn w3c() -> &'static TextMapCompositePropagator {
+    &W3C
+}
+
 /// The propagator used by the layer and the consumer adapter.
 #[derive(Clone, Default)]
 pub(crate) enum PropagatorChoice {

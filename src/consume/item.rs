@@ -10,8 +10,8 @@ pub struct MessageMeta<'a> {
     pub subject: &'a str,
     /// The headers, if any.
     pub headers: Option<&'a HeaderMap>,
-    /// The payload size in bytes.
-    pub payload_len: usize,
+    /// The payload.
+    pub payload: &'a [u8],
     /// JetStream delivery details, for messages consumed from a stream.
     pub jetstream: Option<JetStreamMeta<'a>>,
 }
@@ -22,7 +22,7 @@ impl<'a> MessageMeta<'a> {
         Self {
             subject: message.subject.as_str(),
             headers: message.headers.as_ref(),
-            payload_len: message.payload.len(),
+            payload: &message.payload,
             jetstream: None,
         }
     }

@@ -32,7 +32,7 @@ pub(crate) fn process_context(
         messaging.destination.name = subject,
         messaging.operation.type = "process",
         messaging.operation.name = "process",
-        messaging.message.body.size = meta.payload_len as u64,
+        messaging.message.body.size = meta.payload.len() as u64,
         messaging.consumer.group.name = tracing::field::Empty,
         messaging.destination.subscription.name = tracing::field::Empty,
         messaging.nats.stream = tracing::field::Empty,

@@ -55,6 +55,24 @@ impl TracePropagationLayer {
         self.propagator = PropagatorChoice::custom(propagator);
         self
     }
+
+    /// Also writes each message's trace carrier to a KV bucket before it is
+    /// sent, so consumers can recover the context when headers are lost in
+    /// transit; see [`KvFallback`](crate::KvFallback).
+    ///
+    /// The returned layer stacks a [`KvFallbackLayer`](crate::KvFallbackLayer)
+    /// inside this one; the service's error becomes
+    /// [`FallbackError`](crate::FallbackError).
+    ///
+    /// By default, no fallback is written.
+    #[cfg(feature = "kv")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "kv")))]
+    pub fn fallback(
+        self,
+        fallback: crate::KvFallback,
+    ) -> tower_layer::Stack<crate::KvFallbackLayer, TracePropagationLayer> {
+        tower_layer::Stack::new(crate::KvFallbackLayer::new(fallback), self)
+    }
 }
 
 impl<S> Layer<S> for TracePropagationLayer {

@@ -33,8 +33,8 @@ use crate::error::InvalidHeader;
 ///     fn headers_mut(&mut self) -> &mut HeaderMap {
 ///         &mut self.headers
 ///     }
-///     fn payload_len(&self) -> usize {
-///         self.body.len()
+///     fn payload(&self) -> &[u8] {
+///         &self.body
 ///     }
 /// }
 /// ```
@@ -48,8 +48,15 @@ pub trait PublishMessage {
     /// The headers, created empty if there were none.
     fn headers_mut(&mut self) -> &mut HeaderMap;
 
+    /// The payload.
+    fn payload(&self) -> &[u8];
+
     /// The payload size in bytes, recorded as `messaging.message.body.size`.
-    fn payload_len(&self) -> usize;
+    ///
+    /// By default, the length of [`payload`](Self::payload).
+    fn payload_len(&self) -> usize {
+        self.payload().len()
+    }
 
     /// The context to inject, overriding the current span's.
     ///
@@ -186,8 +193,8 @@ impl PublishMessage for Publish {
         self.headers.get_or_insert_with(HeaderMap::new)
     }
 
-    fn payload_len(&self) -> usize {
-        self.payload.len()
+    fn payload(&self) -> &[u8] {
+        &self.payload
     }
 
     fn parent_context(&self) -> Option<&Context> {
