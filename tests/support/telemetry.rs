@@ -51,7 +51,8 @@ impl Telemetry {
     /// there is not exactly one.
     pub fn span(&self, name: &str) -> SpanData {
         let spans = self.spans();
-        let mut matching: Vec<SpanData> = spans.iter().filter(|s| s.name == name).cloned().collect();
+        let mut matching: Vec<SpanData> =
+            spans.iter().filter(|s| s.name == name).cloned().collect();
         assert_eq!(
             matching.len(),
             1,
@@ -63,7 +64,10 @@ impl Telemetry {
 
     /// Every finished span named `name`.
     pub fn spans_named(&self, name: &str) -> Vec<SpanData> {
-        self.spans().into_iter().filter(|s| s.name == name).collect()
+        self.spans()
+            .into_iter()
+            .filter(|s| s.name == name)
+            .collect()
     }
 
     pub fn reset(&self) {
@@ -137,4 +141,58 @@ pub fn assert_attribute(span: &SpanData, key: &str, expected: impl Into<Value>) 
 #[track_caller]
 pub fn assert_kind(span: &SpanData, kind: SpanKind) {
     assert_eq!(span.span_kind, kind, "span {:?} kind", span.name);
+}
+
+/// Asserts `span` is the root of a new trace: no parent span.
+#[track_caller]
+pub fn assert_root(span: &SpanData) {
+    assert_eq!(
+        span.parent_span_id,
+        SpanId::INVALID,
+        "{:?} should be a new root but has parent {}",
+        span.name,
+        span.parent_span_id
+    );
+}
+
+/// The OpenTelemetry SDK with an in-memory exporter, but a `tracing`
+/// subscriber WITHOUT the OpenTelemetry layer: for code that uses
+/// OpenTelemetry directly (`Context::current()`), not through `tracing`.
+///
+/// Installed as the thread's default subscriber for as long as it lives.
+pub struct OtelWithoutLayer {
+    exporter: InMemorySpanExporter,
+    provider: SdkTracerProvider,
+    _guard: DefaultGuard,
+}
+
+impl OtelWithoutLayer {
+    pub fn install() -> Self {
+        let exporter = InMemorySpanExporter::default();
+        let provider = SdkTracerProvider::builder()
+            .with_simple_exporter(exporter.clone())
+            .build();
+        let subscriber = tracing_subscriber::registry().with(
+            tracing_subscriber::fmt::layer()
+                .with_test_writer()
+                .with_filter(tracing_subscriber::filter::LevelFilter::WARN),
+        );
+        let guard = tracing::subscriber::set_default(subscriber);
+        Self {
+            exporter,
+            provider,
+            _guard: guard,
+        }
+    }
+
+    /// A tracer of the SDK provider, for starting spans by hand.
+    pub fn tracer(&self) -> opentelemetry_sdk::trace::SdkTracer {
+        self.provider.tracer("nats-otel-tests")
+    }
+
+    /// All finished spans, after a flush.
+    pub fn spans(&self) -> Vec<SpanData> {
+        self.provider.force_flush().expect("flush spans");
+        self.exporter.get_finished_spans().expect("finished spans")
+    }
 }

@@ -1,0 +1,87 @@
+//! The global text-map propagator left as OpenTelemetry's default no-op.
+//!
+//! Its own test binary: nothing here may call
+//! `opentelemetry::global::set_text_map_propagator`.
+
+mod support;
+
+use std::time::Duration;
+
+use futures::StreamExt;
+use nats_otel::{
+    global_propagator_is_noop, ContextSource, CorePublisher, MessageContextExt, Publish,
+    TraceContextStreamExt, TracePropagationLayer,
+};
+use opentelemetry::baggage::BaggageExt;
+use opentelemetry::{KeyValue, StringValue};
+use support::server::NatsServer;
+use support::telemetry::*;
+use tower::{Layer, Service, ServiceExt};
+use tracing::Instrument;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+#[tokio::test]
+async fn noop_global_propagator_still_propagates_publish_to_consume() {
+    assert!(
+        global_propagator_is_noop(),
+        "this binary must leave the global propagator alone"
+    );
+    let telemetry = Telemetry::install();
+    let server = NatsServer::start();
+    let client = async_nats::connect(server.url()).await.unwrap();
+    let mut jobs = client
+        .subscribe("jobs.noop")
+        .await
+        .unwrap()
+        .with_trace_context();
+    client.flush().await.unwrap();
+
+    let mut publisher = TracePropagationLayer::new().layer(CorePublisher::new(client.clone()));
+    let api = tracing::info_span!("api");
+    let api_cx = api
+        .context()
+        .with_baggage([KeyValue::new("tenant", "acme")]);
+    async {
+        publisher
+            .ready()
+            .await
+            .unwrap()
+            .call(Publish::new("jobs.noop", "job").context(api_cx))
+            .await
+            .unwrap();
+    }
+    .instrument(api.clone())
+    .await;
+    drop(api);
+
+    let (message, cx) = tokio::time::timeout(Duration::from_secs(10), jobs.next())
+        .await
+        .expect("no message within 10 s")
+        .unwrap();
+    assert_eq!(&message.payload[..], b"job");
+    let headers = message.headers.as_ref().expect("headers were injected");
+    assert!(headers.get("traceparent").is_some(), "{headers:?}");
+    assert_eq!(
+        headers.get("baggage").map(|v| v.as_str()),
+        Some("tenant=acme"),
+        "the W3C fallback includes baggage"
+    );
+    let record = cx.extraction().unwrap();
+    assert_eq!(record.source(), ContextSource::Headers, "{record}");
+    assert_eq!(cx.baggage().get("tenant"), Some(&StringValue::from("acme")));
+    let handler = cx.handler_span(tracing::info_span!("handler")).unwrap();
+    async {}.instrument(handler).await;
+    drop(cx);
+
+    let api = telemetry.span("api");
+    let publish = telemetry.span("publish jobs.noop");
+    let process = telemetry.span("process jobs.noop");
+    let handler = telemetry.span("handler");
+    assert_child_of(&publish, &api);
+    assert_child_of(&process, &publish);
+    assert_child_of(&handler, &process);
+    assert!(
+        global_propagator_is_noop(),
+        "the crate never sets the global propagator"
+    );
+}

@@ -1,0 +1,222 @@
+//! Which propagator injects and extracts when the global one is set, and
+//! when a custom one is passed to both sides.
+//!
+//! Every test in this binary sets the global text-map propagator to W3C
+//! Trace Context alone (no baggage); keep the no-op case out of it.
+
+mod support;
+
+use std::time::Duration;
+
+use async_nats::Client;
+use futures::{Stream, StreamExt};
+use nats_otel::{
+    global_propagator_is_noop, ContextSource, CorePublisher, MessageContextExt, NoContextReason,
+    Publish, TraceContextStreamExt, TracePropagationLayer,
+};
+use opentelemetry::baggage::BaggageExt;
+use opentelemetry::propagation::text_map_propagator::FieldIter;
+use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
+use opentelemetry::{Context, KeyValue};
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use support::server::NatsServer;
+use support::telemetry::*;
+use tower::{Layer, Service, ServiceExt};
+use tracing::Instrument;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+fn set_global_trace_context() {
+    opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
+    assert!(!global_propagator_is_noop());
+}
+
+async fn next<S: Stream + Unpin>(stream: &mut S) -> S::Item {
+    tokio::time::timeout(Duration::from_secs(10), stream.next())
+        .await
+        .expect("no message within 10 s: lost?")
+        .expect("the subscription ended")
+}
+
+/// Publishes `subject` through `layer` from an `api` span whose context
+/// carries baggage `tenant=acme`.
+async fn publish_from_api(layer: TracePropagationLayer, client: &Client, subject: &str) {
+    let mut publisher = layer.layer(CorePublisher::new(client.clone()));
+    let api = tracing::info_span!("api");
+    let api_cx = api
+        .context()
+        .with_baggage([KeyValue::new("tenant", "acme")]);
+    async {
+        publisher
+            .ready()
+            .await
+            .unwrap()
+            .call(Publish::new(subject.to_owned(), "job").context(api_cx))
+            .await
+            .unwrap();
+    }
+    .instrument(api)
+    .await;
+}
+
+#[tokio::test]
+async fn global_trace_context_propagator_is_used_when_set() {
+    set_global_trace_context();
+    let telemetry = Telemetry::install();
+    let server = NatsServer::start();
+    let client = async_nats::connect(server.url()).await.unwrap();
+    let mut jobs = client
+        .subscribe("jobs.global")
+        .await
+        .unwrap()
+        .with_trace_context();
+    client.flush().await.unwrap();
+
+    publish_from_api(TracePropagationLayer::new(), &client, "jobs.global").await;
+
+    let (message, cx) = next(&mut jobs).await;
+    assert_eq!(&message.payload[..], b"job");
+    let headers = message.headers.as_ref().expect("headers were injected");
+    assert!(headers.get("traceparent").is_some(), "{headers:?}");
+    assert!(
+        headers.get("baggage").is_none(),
+        "the global Trace Context propagator writes no baggage, the W3C fallback would: {headers:?}"
+    );
+    let record = cx.extraction().unwrap();
+    assert_eq!(record.source(), ContextSource::Headers, "{record}");
+    assert_eq!(cx.baggage().len(), 0);
+    drop(cx);
+
+    let api = telemetry.span("api");
+    let publish = telemetry.span("publish jobs.global");
+    let process = telemetry.span("process jobs.global");
+    assert_child_of(&publish, &api);
+    assert_child_of(&process, &publish);
+}
+
+/// W3C Trace Context under other header names: `x-parent` and `x-state`.
+#[derive(Debug)]
+struct RenamedTraceContext {
+    inner: TraceContextPropagator,
+    fields: [String; 2],
+}
+
+impl RenamedTraceContext {
+    fn new() -> Self {
+        Self {
+            inner: TraceContextPropagator::new(),
+            fields: ["x-parent".into(), "x-state".into()],
+        }
+    }
+}
+
+fn renamed(key: &str) -> &str {
+    match key {
+        "traceparent" => "x-parent",
+        "tracestate" => "x-state",
+        other => other,
+    }
+}
+
+struct RenamingInjector<'a>(&'a mut dyn Injector);
+
+impl Injector for RenamingInjector<'_> {
+    fn set(&mut self, key: &str, value: String) {
+        self.0.set(renamed(key), value);
+    }
+}
+
+struct RenamingExtractor<'a>(&'a dyn Extractor);
+
+impl Extractor for RenamingExtractor<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(renamed(key))
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys()
+    }
+}
+
+impl TextMapPropagator for RenamedTraceContext {
+    fn inject_context(&self, cx: &Context, injector: &mut dyn Injector) {
+        self.inner
+            .inject_context(cx, &mut RenamingInjector(injector));
+    }
+
+    fn extract_with_context(&self, cx: &Context, extractor: &dyn Extractor) -> Context {
+        self.inner
+            .extract_with_context(cx, &RenamingExtractor(extractor))
+    }
+
+    fn fields(&self) -> FieldIter<'_> {
+        FieldIter::new(&self.fields)
+    }
+}
+
+#[tokio::test]
+async fn custom_propagator_on_both_sides_wins_over_the_global() {
+    set_global_trace_context();
+    let telemetry = Telemetry::install();
+    let server = NatsServer::start();
+    let client = async_nats::connect(server.url()).await.unwrap();
+    let mut custom = client
+        .subscribe("jobs.custom")
+        .await
+        .unwrap()
+        .with_trace_context()
+        .propagator(RenamedTraceContext::new());
+    // A second consumer of the same message, with the default choice.
+    let mut default = client
+        .subscribe("jobs.custom")
+        .await
+        .unwrap()
+        .with_trace_context();
+    client.flush().await.unwrap();
+
+    publish_from_api(
+        TracePropagationLayer::new().propagator(RenamedTraceContext::new()),
+        &client,
+        "jobs.custom",
+    )
+    .await;
+
+    let (message, cx) = next(&mut custom).await;
+    assert_eq!(&message.payload[..], b"job");
+    let headers = message.headers.as_ref().expect("headers were injected");
+    assert!(headers.get("x-parent").is_some(), "{headers:?}");
+    assert!(
+        headers.get("traceparent").is_none(),
+        "the custom propagator replaced the global one: {headers:?}"
+    );
+    let record = cx.extraction().unwrap();
+    assert_eq!(record.source(), ContextSource::Headers, "{record}");
+    drop(cx);
+
+    let (_, cx) = next(&mut default).await;
+    let record = cx.extraction().unwrap();
+    assert_eq!(record.source(), ContextSource::None);
+    assert!(
+        matches!(
+            record.reason(),
+            Some(NoContextReason::MissingTraceparent { .. })
+        ),
+        "{record}"
+    );
+    drop(cx);
+
+    let api = telemetry.span("api");
+    let publish = telemetry.span("publish jobs.custom");
+    let processes = telemetry.spans_named("process jobs.custom");
+    assert_eq!(processes.len(), 2);
+    assert_child_of(&publish, &api);
+    let (extracted, fresh): (Vec<_>, Vec<_>) = processes
+        .iter()
+        .partition(|p| p.parent_span_id == span_id(&publish));
+    assert_eq!(
+        extracted.len(),
+        1,
+        "the custom consumer continued the trace"
+    );
+    assert_child_of(extracted[0], &publish);
+    assert_root(fresh[0]);
+}
