@@ -11,9 +11,15 @@ use async_nats::HeaderMap;
 use opentelemetry::trace::TraceContextExt;
 use opentelemetry::Context;
 
-use crate::carrier::{find_header, HeaderExtractor};
-use crate::propagator::PropagatorChoice;
-use crate::w3c::{parse_traceparent, TraceparentProblem, TRACEPARENT};
+use opentelemetry::propagation::TextMapPropagator;
+use opentelemetry::trace::{SpanContext, SpanId, TraceFlags, TraceId, TraceState};
+
+use crate::carrier::{find_header, scan_w3c, traceparent_values, HeaderExtractor};
+use crate::propagator::{PropagatorChoice, Resolved};
+use crate::w3c::{
+    extract_baggage, parse_traceparent, parse_tracestate, TraceparentProblem, BAGGAGE,
+    TRACEPARENT, TRACESTATE,
+};
 
 /// Where a message's trace context came from.
 ///
@@ -93,6 +99,15 @@ pub enum NoContextReason {
         /// The rule it breaks.
         problem: TraceparentProblem,
     },
+    /// More than one `traceparent` arrived with different values (several
+    /// values under one name, or the name in several casings): there is no
+    /// telling which parent is right, so none is used.
+    AmbiguousTraceparent {
+        /// The header names as they arrived, one per value (at most four).
+        headers: Vec<String>,
+        /// The values, each truncated to 64 characters (at most four).
+        values: Vec<String>,
+    },
     /// A custom propagator produced no valid context from headers that
     /// contain some of its fields.
     PropagatorRejected {
@@ -101,6 +116,9 @@ pub enum NoContextReason {
     },
     /// The payload carrier function found no carrier in the message.
     NoPayloadCarrier,
+    /// The subject matches the consumer's skip filter: not traced, by
+    /// configuration.
+    SkippedByFilter,
     /// No KV fallback key could be derived from the message.
     #[cfg(feature = "kv")]
     #[cfg_attr(docsrs, doc(cfg(feature = "kv")))]
@@ -143,8 +161,10 @@ impl NoContextReason {
             Self::NoHeaders => "no_headers",
             Self::MissingTraceparent { .. } => "no_traceparent",
             Self::MalformedTraceparent { .. } => "malformed_traceparent",
+            Self::AmbiguousTraceparent { .. } => "ambiguous_traceparent",
             Self::PropagatorRejected { .. } => "propagator_rejected",
             Self::NoPayloadCarrier => "no_payload_carrier",
+            Self::SkippedByFilter => "skipped_by_filter",
             #[cfg(feature = "kv")]
             Self::FallbackKey(_) => "no_fallback_key",
             Self::KvNotFound { .. } => "kv_not_found",
@@ -174,12 +194,32 @@ impl fmt::Display for NoContextReason {
                 value,
                 problem,
             } => write!(f, "malformed {header} {value:?}: {problem}"),
+            Self::AmbiguousTraceparent { headers, values } => {
+                write!(
+                    f,
+                    "{} traceparent values that disagree (",
+                    values.len().max(2)
+                )?;
+                for (i, (header, value)) in headers.iter().zip(values).enumerate() {
+                    if i > 0 {
+                        f.write_str(", ")?;
+                    }
+                    write!(f, "{header}: {value:?}")?;
+                }
+                f.write_str(
+                    "); no parent is used: the publisher or a relay appended a second \
+                     context instead of replacing it",
+                )
+            }
             Self::PropagatorRejected { fields } => write!(
                 f,
                 "the configured propagator found no valid context in fields {}",
                 fields.join(", ")
             ),
             Self::NoPayloadCarrier => f.write_str("no trace carrier in the message payload"),
+            Self::SkippedByFilter => {
+                f.write_str("the subject matches the consumer's skip filter (not traced)")
+            }
             #[cfg(feature = "kv")]
             Self::FallbackKey(e) => e.fmt(f),
             Self::KvNotFound { key } => write!(
@@ -340,41 +380,139 @@ pub(crate) fn extract_headers(
             ExtractionRecord::none(NoContextReason::NoHeaders),
         );
     };
-    propagator.with(|p| {
-        let cx = p.extract_with_context(&Context::new(), &HeaderExtractor::new(headers));
-        if cx.span().span_context().is_valid() {
-            let mut record = ExtractionRecord::found(ContextSource::Headers);
-            if let Some((name, _)) = find_header(headers, TRACEPARENT) {
-                if name != TRACEPARENT {
-                    record = record.with_header_name(name);
-                }
-            }
-            return (cx, record);
-        }
-        let reason = match find_header(headers, TRACEPARENT) {
-            Some((name, value)) => match parse_traceparent(value) {
-                Err(problem) => NoContextReason::MalformedTraceparent {
+    propagator.resolve(|resolved| match resolved {
+        Resolved::W3c => extract_w3c(headers),
+        Resolved::Generic(p) => extract_generic(p, headers),
+    })
+}
+
+/// How many conflicting `traceparent` values a reason quotes at most.
+const AMBIGUOUS_QUOTED: usize = 4;
+
+fn ambiguous_reason(headers: &HeaderMap) -> NoContextReason {
+    let values = traceparent_values(headers, AMBIGUOUS_QUOTED);
+    NoContextReason::AmbiguousTraceparent {
+        headers: values.iter().map(|(name, _)| (*name).to_owned()).collect(),
+        values: values.iter().map(|(_, value)| excerpt(value)).collect(),
+    }
+}
+
+/// The W3C fast path: one pass over the headers, `traceparent` parsed by
+/// [`parse_traceparent`], `tracestate` and `baggage` read only when present,
+/// within the W3C limits. Gives the same context as the SDK's
+/// `TraceContextPropagator` + `BaggagePropagator` for valid input, and
+/// rejects everything W3C rejects (some of which the SDK lets through).
+pub(crate) fn extract_w3c(headers: &HeaderMap) -> (Context, ExtractionRecord) {
+    let found = scan_w3c(headers);
+    let mut notes: Vec<String> = Vec::new();
+    let (cx, mut record) = match found.traceparent {
+        _ if found.ambiguous => (Context::new(), ExtractionRecord::none(ambiguous_reason(headers))),
+        None => (
+            Context::new(),
+            ExtractionRecord::none(NoContextReason::MissingTraceparent {
+                present: headers.iter().map(|(n, _)| n.to_string()).collect(),
+            }),
+        ),
+        Some((name, value)) => match parse_traceparent(value) {
+            Err(problem) => (
+                Context::new(),
+                ExtractionRecord::none(NoContextReason::MalformedTraceparent {
                     header: name.to_owned(),
                     value: excerpt(value),
                     problem,
-                },
-                Ok(_) => NoContextReason::PropagatorRejected {
-                    fields: present_fields(p, headers),
-                },
-            },
-            None => {
-                let fields = present_fields(p, headers);
-                if fields.is_empty() || fields.iter().all(|f| !is_trace_field(f)) {
-                    NoContextReason::MissingTraceparent {
-                        present: headers.iter().map(|(n, _)| n.to_string()).collect(),
+                }),
+            ),
+            Ok(tp) => {
+                let trace_state = match found.tracestate {
+                    None => TraceState::NONE,
+                    Some(value) => {
+                        let (trace_state, issue) = parse_tracestate(value);
+                        if let Some(issue) = issue {
+                            notes.push(issue.note(TRACESTATE));
+                        }
+                        trace_state
                     }
-                } else {
-                    NoContextReason::PropagatorRejected { fields }
+                };
+                let span_context = SpanContext::new(
+                    TraceId::from(tp.trace_id),
+                    SpanId::from(tp.span_id),
+                    TraceFlags::new(tp.flags) & TraceFlags::SAMPLED,
+                    true,
+                    trace_state,
+                );
+                let mut record = ExtractionRecord::found(ContextSource::Headers);
+                if name != TRACEPARENT {
+                    record = record.with_header_name(name);
                 }
+                (Context::new().with_remote_span_context(span_context), record)
             }
-        };
-        (cx, ExtractionRecord::none(reason))
-    })
+        },
+    };
+    let cx = match found.baggage {
+        None => cx,
+        Some(value) => {
+            let (cx, issue) = extract_baggage(cx, value);
+            if let Some(issue) = issue {
+                notes.push(issue.note(BAGGAGE));
+            }
+            cx
+        }
+    };
+    for note in notes {
+        record.push_note(note);
+    }
+    (cx, record)
+}
+
+/// Any other propagator, through [`HeaderExtractor`]; the outcome is
+/// explained with the W3C rules where `traceparent` is involved.
+fn extract_generic(p: &dyn TextMapPropagator, headers: &HeaderMap) -> (Context, ExtractionRecord) {
+    let cx = p.extract_with_context(&Context::new(), &HeaderExtractor::new(headers));
+    if cx.span().span_context().is_valid() {
+        let mut record = ExtractionRecord::found(ContextSource::Headers);
+        if let Some((name, value)) = find_header(headers, TRACEPARENT) {
+            // The SDK's parser pads short ids and reads short flags; hold
+            // the value to every W3C rule before trusting it.
+            if let Err(problem) = parse_traceparent(value) {
+                let reason = NoContextReason::MalformedTraceparent {
+                    header: name.to_owned(),
+                    value: excerpt(value),
+                    problem,
+                };
+                return (without_span(&cx), ExtractionRecord::none(reason));
+            }
+            if name != TRACEPARENT {
+                record = record.with_header_name(name);
+            }
+        }
+        return (cx, record);
+    }
+    if p.fields().any(|f| f == TRACEPARENT) && scan_w3c(headers).ambiguous {
+        return (cx, ExtractionRecord::none(ambiguous_reason(headers)));
+    }
+    let reason = match find_header(headers, TRACEPARENT) {
+        Some((name, value)) => match parse_traceparent(value) {
+            Err(problem) => NoContextReason::MalformedTraceparent {
+                header: name.to_owned(),
+                value: excerpt(value),
+                problem,
+            },
+            Ok(_) => NoContextReason::PropagatorRejected {
+                fields: present_fields(p, headers),
+            },
+        },
+        None => {
+            let fields = present_fields(p, headers);
+            if fields.is_empty() || fields.iter().all(|f| !is_trace_field(f)) {
+                NoContextReason::MissingTraceparent {
+                    present: headers.iter().map(|(n, _)| n.to_string()).collect(),
+                }
+            } else {
+                NoContextReason::PropagatorRejected { fields }
+            }
+        }
+    };
+    (cx, ExtractionRecord::none(reason))
 }
 
 /// Reads a [`TraceCarrier`](crate::TraceCarrier) with the W3C propagators;
@@ -383,12 +521,11 @@ pub(crate) fn context_from_carrier(
     carrier: &crate::TraceCarrier,
     what: &str,
 ) -> Result<Context, NoContextReason> {
-    use opentelemetry::propagation::TextMapPropagator;
     let cx = crate::propagator::w3c().extract_with_context(&Context::new(), carrier);
-    if cx.span().span_context().is_valid() {
+    let value = carrier.traceparent.as_deref().unwrap_or("");
+    if cx.span().span_context().is_valid() && parse_traceparent(value).is_ok() {
         return Ok(cx);
     }
-    let value = carrier.traceparent.as_deref().unwrap_or("");
     Err(match parse_traceparent(value) {
         Err(problem) => NoContextReason::MalformedTraceparent {
             header: what.to_owned(),
@@ -399,6 +536,14 @@ pub(crate) fn context_from_carrier(
             fields: vec![what.to_owned()],
         },
     })
+}
+
+/// `cx` with its baggage but without its span context.
+fn without_span(cx: &Context) -> Context {
+    use opentelemetry::baggage::BaggageExt;
+    Context::new().with_baggage(cx.baggage().iter().map(|(k, (v, _))| {
+        opentelemetry::KeyValue::new(k.clone(), v.clone())
+    }))
 }
 
 fn present_fields(

@@ -7,10 +7,10 @@
 //! - [`MessageContextExt`]: the extraction record and handler spans.
 
 mod item;
-mod span;
+pub(crate) mod span;
 mod stream;
 mod warn;
 
 pub use item::{ConsumerItem, JetStreamMeta, MessageMeta};
-pub use span::{HandlerSpanError, MessageContextExt};
+pub use span::{HandlerSpanError, MessageContextExt, Redelivery};
 pub use stream::{ContextExtractingConsumer, ContextExtractor, TraceContextStreamExt};

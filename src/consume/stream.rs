@@ -5,6 +5,9 @@ use std::task::{ready, Context as TaskContext, Poll};
 
 use futures::future::BoxFuture;
 use opentelemetry::trace::TraceContextExt;
+use opentelemetry_semantic_conventions::attribute as semconv;
+use tracing::Span;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use futures::Stream;
 use opentelemetry::propagation::TextMapPropagator;
@@ -12,7 +15,8 @@ use opentelemetry::Context;
 use pin_project_lite::pin_project;
 
 use super::item::{ConsumerItem, MessageMeta};
-use super::span::process_context;
+use super::span::{process_context, ProcessOptions, Redelivery};
+use crate::filter::SubjectFilter;
 use crate::extraction::{
     context_from_carrier, extract_headers, ContextSource, ExtractionRecord, NoContextReason,
 };
@@ -48,6 +52,8 @@ use crate::trace_carrier::TraceCarrier;
 #[derive(Clone, Default)]
 pub struct ContextExtractor {
     propagator: PropagatorChoice,
+    process: ProcessOptions,
+    skip: SubjectFilter,
     payload_carrier: Option<Arc<PayloadCarrierFn>>,
     #[cfg(feature = "kv")]
     fallback: Option<crate::KvFallback>,
@@ -59,6 +65,8 @@ impl fmt::Debug for ContextExtractor {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut d = f.debug_struct("ContextExtractor");
         d.field("propagator", &self.propagator)
+            .field("process", &self.process)
+            .field("skip", &self.skip)
             .field("payload_carrier", &self.payload_carrier.is_some());
         #[cfg(feature = "kv")]
         d.field("fallback", &self.fallback);
@@ -69,6 +77,8 @@ impl fmt::Debug for ContextExtractor {
 /// The outcome of the synchronous part of extraction.
 pub(crate) enum Step {
     Done(Context, ExtractionRecord),
+    /// The subject matches the skip filter: no extraction, no span.
+    Skip,
     /// Only built with the `kv` feature.
     #[cfg_attr(not(feature = "kv"), allow(dead_code))]
     Lookup(BoxFuture<'static, (Context, ExtractionRecord)>),
@@ -89,6 +99,73 @@ impl ContextExtractor {
         P: TextMapPropagator + Send + Sync + 'static,
     {
         self.propagator = PropagatorChoice::custom(propagator);
+        self
+    }
+
+    /// Names the `process` span from the subject.
+    ///
+    /// By default, `process {subject}`. Subjects that carry ids make span
+    /// names high-cardinality; name by a template instead.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let extractor = nats_otel::ContextExtractor::new().span_name(|_subject| "process jobs".into());
+    /// ```
+    pub fn span_name<F>(mut self, f: F) -> Self
+    where
+        F: Fn(&str) -> String + Send + Sync + 'static,
+    {
+        self.process.span_name = Some(Arc::new(f));
+        self
+    }
+
+    /// Whether to start a CONSUMER `process` span per message. Without it,
+    /// the yielded context is the extracted remote context itself (still
+    /// with its [`ExtractionRecord`](crate::ExtractionRecord)).
+    ///
+    /// By default, `true`.
+    pub fn process_spans(mut self, enabled: bool) -> Self {
+        self.process.disabled = !enabled;
+        self
+    }
+
+    /// Leaves messages on matching subjects untraced: no extraction, no
+    /// span; the yielded context is empty but for a record with
+    /// [`NoContextReason::SkippedByFilter`].
+    ///
+    /// By default, nothing is skipped.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use nats_otel::{ContextExtractor, SubjectFilter};
+    ///
+    /// let extractor = ContextExtractor::new().skip_subjects(SubjectFilter::new(["_INBOX.>"]));
+    /// ```
+    pub fn skip_subjects(mut self, filter: SubjectFilter) -> Self {
+        self.skip = filter;
+        self
+    }
+
+    /// Records these headers (any casing) on the `process` span as
+    /// `messaging.nats.header.<lowercase name>`.
+    ///
+    /// By default, no header is captured.
+    pub fn capture_headers<I, S>(mut self, names: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.process.capture_headers = names.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// How redelivered JetStream messages are traced.
+    ///
+    /// By default, [`Redelivery::SameTrace`].
+    pub fn redelivery(mut self, redelivery: Redelivery) -> Self {
+        self.process.redelivery = redelivery;
         self
     }
 
@@ -149,8 +226,28 @@ impl ContextExtractor {
     /// for that. The `process` span ends when the last clone of the returned
     /// context is dropped.
     pub fn extract(&self, meta: &MessageMeta<'_>) -> Context {
+        if self.is_skipped(meta) {
+            return skipped_context();
+        }
         let (cx, record) = self.headers_then_payload(meta);
-        process_context(meta, cx, record)
+        process_context(meta, cx, record, &self.process)
+    }
+
+    fn is_skipped(&self, meta: &MessageMeta<'_>) -> bool {
+        let skipped = !self.skip.is_empty() && self.skip.matches(meta.subject);
+        if skipped {
+            self.process.metrics.skipped("consume");
+        }
+        skipped
+    }
+
+    pub(crate) fn finish(
+        &self,
+        meta: &MessageMeta<'_>,
+        remote: Context,
+        record: ExtractionRecord,
+    ) -> Context {
+        process_context(meta, remote, record, &self.process)
     }
 
     /// Like [`extract`](Self::extract), but also looks the carrier up in
@@ -158,9 +255,10 @@ impl ContextExtractor {
     pub async fn extract_or_lookup(&self, meta: &MessageMeta<'_>) -> Context {
         let (cx, record) = match self.begin(meta) {
             Step::Done(cx, record) => (cx, record),
+            Step::Skip => return skipped_context(),
             Step::Lookup(lookup) => lookup.await,
         };
-        process_context(meta, cx, record)
+        process_context(meta, cx, record, &self.process)
     }
 
     fn headers_then_payload(&self, meta: &MessageMeta<'_>) -> (Context, ExtractionRecord) {
@@ -198,6 +296,9 @@ impl ContextExtractor {
     }
 
     pub(crate) fn begin(&self, meta: &MessageMeta<'_>) -> Step {
+        if self.is_skipped(meta) {
+            return Step::Skip;
+        }
         let (cx, record) = self.headers_then_payload(meta);
         #[cfg(feature = "kv")]
         if record.source() == ContextSource::None {
@@ -288,6 +389,40 @@ pin_project! {
         inner: S,
         extractor: ContextExtractor,
         pending: Option<Pending<S::Item>>,
+        receive: Option<ReceiveSpan>,
+    }
+}
+
+/// The optional CLIENT `receive` span over a whole batch.
+struct ReceiveSpan {
+    span: Span,
+    started: bool,
+    named: bool,
+    messages: i64,
+}
+
+impl ReceiveSpan {
+    /// Links the message's creation context and names the span after the
+    /// first message's stream (or subject).
+    fn link(&mut self, meta: &MessageMeta<'_>, remote: &Context) {
+        self.messages += 1;
+        if !self.named {
+            self.named = true;
+            let destination = meta.jetstream.map_or(meta.subject, |js| js.stream);
+            self.span
+                .record("otel.name", format!("receive {destination}").as_str());
+            self.span
+                .set_attribute(semconv::MESSAGING_DESTINATION_NAME, destination.to_owned());
+        }
+        let creation = remote.span().span_context().clone();
+        if creation.is_valid() {
+            self.span.add_link(creation);
+        }
+    }
+
+    fn end(self) {
+        self.span
+            .set_attribute(semconv::MESSAGING_BATCH_MESSAGE_COUNT, self.messages);
     }
 }
 
@@ -303,6 +438,7 @@ impl<S: Stream + fmt::Debug> fmt::Debug for ContextExtractingConsumer<S> {
             .field("inner", &self.inner)
             .field("extractor", &self.extractor)
             .field("lookup_pending", &self.pending.is_some())
+            .field("receive_span", &self.receive.is_some())
             .finish()
     }
 }
@@ -319,7 +455,47 @@ impl<S: Stream> ContextExtractingConsumer<S> {
             inner,
             extractor,
             pending: None,
+            receive: None,
         }
+    }
+
+    /// Starts a CLIENT `receive {stream}` span when first polled, linked to
+    /// every yielded message's creation context, and ends it when the inner
+    /// stream ends — for `fetch()` and `batch()` streams, which do end.
+    /// Each message's `process` span keeps the creation context as its
+    /// parent (semantic conventions' batch receive with links).
+    ///
+    /// By default, there is no receive span.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use futures::StreamExt;
+    /// use nats_otel::TraceContextStreamExt;
+    ///
+    /// # async fn run(consumer: async_nats::jetstream::consumer::PullConsumer) -> Result<(), async_nats::Error> {
+    /// let mut batch = consumer
+    ///     .fetch()
+    ///     .max_messages(10)
+    ///     .messages()
+    ///     .await?
+    ///     .with_trace_context()
+    ///     .receive_span(true);
+    /// while let Some(item) = batch.next().await {
+    ///     let (message, cx) = item?;
+    ///     message.ack().await?;
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn receive_span(mut self, enabled: bool) -> Self {
+        self.receive = enabled.then(|| ReceiveSpan {
+            span: Span::none(),
+            started: false,
+            named: false,
+            messages: 0,
+        });
+        self
     }
 
     /// Uses `propagator` instead of the default choice.
@@ -380,27 +556,51 @@ where
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Option<Self::Item>> {
         let mut this = self.project();
+        if let Some(receive) = this.receive.as_mut().filter(|r| !r.started) {
+            receive.started = true;
+            receive.span = tracing::info_span!(
+                target: "nats_otel",
+                parent: None,
+                "receive",
+                otel.name = "receive",
+                otel.kind = "client",
+            );
+            receive.span.set_attribute(semconv::MESSAGING_SYSTEM, "nats");
+            receive
+                .span
+                .set_attribute(semconv::MESSAGING_OPERATION_TYPE, "receive");
+            receive
+                .span
+                .set_attribute(semconv::MESSAGING_OPERATION_NAME, "receive");
+        }
         if let Some(pending) = this.pending.as_mut() {
             let (remote, record) = ready!(pending.lookup.as_mut().poll(cx));
             let item = this.pending.take().expect("pending checked above").item;
-            return Poll::Ready(Some(finish(item, remote, record)));
+            return Poll::Ready(Some(finish(this.extractor, this.receive, item, remote, record)));
         }
         let Some(item) = ready!(this.inner.as_mut().poll_next(cx)) else {
+            if let Some(receive) = this.receive.take() {
+                receive.end();
+            }
             return Poll::Ready(None);
         };
         let mut lookup = match item.meta() {
             None => return Poll::Ready(Some(item.attach(Context::new()))),
             Some(meta) => match this.extractor.begin(&meta) {
                 Step::Done(remote, record) => {
-                    let process_cx = process_context(&meta, remote, record);
+                    if let Some(receive) = this.receive.as_mut() {
+                        receive.link(&meta, &remote);
+                    }
+                    let process_cx = this.extractor.finish(&meta, remote, record);
                     return Poll::Ready(Some(item.attach(process_cx)));
                 }
+                Step::Skip => return Poll::Ready(Some(item.attach(skipped_context()))),
                 Step::Lookup(lookup) => lookup,
             },
         };
         // Poll once right away: a fast lookup yields in this call.
         if let Poll::Ready((remote, record)) = lookup.as_mut().poll(cx) {
-            return Poll::Ready(Some(finish(item, remote, record)));
+            return Poll::Ready(Some(finish(this.extractor, this.receive, item, remote, record)));
         }
         *this.pending = Some(Pending { item, lookup });
         Poll::Pending
@@ -416,12 +616,27 @@ where
     }
 }
 
-fn finish<T: ConsumerItem>(item: T, remote: Context, record: ExtractionRecord) -> T::WithContext {
+fn finish<T: ConsumerItem>(
+    extractor: &ContextExtractor,
+    receive: &mut Option<ReceiveSpan>,
+    item: T,
+    remote: Context,
+    record: ExtractionRecord,
+) -> T::WithContext {
     let cx = match item.meta() {
-        Some(meta) => process_context(&meta, remote, record),
+        Some(meta) => {
+            if let Some(receive) = receive.as_mut() {
+                receive.link(&meta, &remote);
+            }
+            extractor.finish(&meta, remote, record)
+        }
         None => Context::new(),
     };
     item.attach(cx)
+}
+
+fn skipped_context() -> Context {
+    Context::new().with_value(ExtractionRecord::none(NoContextReason::SkippedByFilter))
 }
 
 /// Adds [`with_trace_context`](Self::with_trace_context) to consumer

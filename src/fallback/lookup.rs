@@ -11,6 +11,7 @@ use crate::extraction::{context_from_carrier, NoContextReason};
 pub(crate) async fn lookup(fallback: KvFallback, key: String) -> Result<Context, NoContextReason> {
     fallback.stats.reads.fetch_add(1, Ordering::Relaxed);
     let result = lookup_inner(&fallback, key).await;
+    fallback.metrics.kv("read", result.is_ok());
     if result.is_err() {
         fallback.stats.read_failures.fetch_add(1, Ordering::Relaxed);
     }

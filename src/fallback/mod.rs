@@ -35,6 +35,8 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, kv};
 
+use crate::metrics::Metrics;
+
 pub use key::{decode_key, encode_key, FallbackKey, KeyError, KeyInput, MAX_ENCODED_KEY_LEN};
 pub use layer::{FallbackError, KvFallbackLayer, KvFallbackService, KvWriteError};
 pub(crate) use lookup::lookup;
@@ -88,6 +90,7 @@ pub struct KvFallback {
     pub(crate) on_write_failure: WriteFailure,
     pub(crate) lookup_timeout: Duration,
     pub(crate) stats: Arc<Stats>,
+    pub(crate) metrics: Metrics,
 }
 
 impl fmt::Debug for KvFallback {
@@ -114,6 +117,7 @@ impl KvFallback {
             on_write_failure: WriteFailure::default(),
             lookup_timeout: DEFAULT_LOOKUP_TIMEOUT,
             stats: Arc::default(),
+            metrics: Metrics::default(),
         }
     }
 

@@ -1,7 +1,13 @@
+use std::fmt;
+use std::sync::Arc;
+
 use opentelemetry::propagation::TextMapPropagator;
 use tower_layer::Layer;
 
 use super::service::TracePropagation;
+use crate::consume::span::SpanNameFn;
+use crate::filter::SubjectFilter;
+use crate::metrics::Metrics;
 use crate::propagator::PropagatorChoice;
 
 /// A [`Layer`] that traces every publish: it starts a PRODUCER span and
@@ -33,9 +39,26 @@ use crate::propagator::PropagatorChoice;
 /// # Ok(())
 /// # }
 /// ```
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct TracePropagationLayer {
     pub(crate) propagator: PropagatorChoice,
+    pub(crate) span_name: Option<SpanNameFn>,
+    pub(crate) spans_disabled: bool,
+    pub(crate) skip: SubjectFilter,
+    pub(crate) capture_headers: Arc<[String]>,
+    pub(crate) metrics: Metrics,
+}
+
+impl fmt::Debug for TracePropagationLayer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TracePropagationLayer")
+            .field("propagator", &self.propagator)
+            .field("custom_span_name", &self.span_name.is_some())
+            .field("producer_spans", &!self.spans_disabled)
+            .field("skip", &self.skip)
+            .field("capture_headers", &self.capture_headers)
+            .finish()
+    }
 }
 
 impl TracePropagationLayer {
@@ -53,6 +76,63 @@ impl TracePropagationLayer {
         P: TextMapPropagator + Send + Sync + 'static,
     {
         self.propagator = PropagatorChoice::custom(propagator);
+        self
+    }
+
+    /// Names the PRODUCER span from the subject.
+    ///
+    /// By default, `publish {subject}`. Subjects that carry ids make span
+    /// names high-cardinality; name by a template instead.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let layer = nats_otel::TracePropagationLayer::new().span_name(|_subject| "publish jobs".into());
+    /// ```
+    pub fn span_name<F>(mut self, f: F) -> Self
+    where
+        F: Fn(&str) -> String + Send + Sync + 'static,
+    {
+        self.span_name = Some(Arc::new(f));
+        self
+    }
+
+    /// Whether to start a PRODUCER span per message. Without it, the
+    /// current context is injected as it is.
+    ///
+    /// By default, `true`.
+    pub fn producer_spans(mut self, enabled: bool) -> Self {
+        self.spans_disabled = !enabled;
+        self
+    }
+
+    /// Leaves messages to matching subjects untraced: no span, nothing
+    /// injected.
+    ///
+    /// By default, nothing is skipped.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use nats_otel::{SubjectFilter, TracePropagationLayer};
+    ///
+    /// let layer = TracePropagationLayer::new().skip_subjects(SubjectFilter::new(["_INBOX.>"]));
+    /// ```
+    pub fn skip_subjects(mut self, filter: SubjectFilter) -> Self {
+        self.skip = filter;
+        self
+    }
+
+    /// Records these headers (any casing) on the PRODUCER span as
+    /// `messaging.nats.header.<lowercase name>`.
+    ///
+    /// By default, no header is captured.
+    pub fn capture_headers<I, S>(mut self, names: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.capture_headers = names.into_iter().map(Into::into).collect();
         self
     }
 

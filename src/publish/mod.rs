@@ -18,6 +18,8 @@ mod service;
 pub use client::{CorePublisher, Requester};
 pub use future::ResponseFuture;
 #[cfg(feature = "jetstream")]
+pub(crate) use future::record_error_type;
+#[cfg(feature = "jetstream")]
 #[cfg_attr(docsrs, doc(cfg(feature = "jetstream")))]
 pub use jetstream::{JetStreamPublisher, JetStreamSender};
 pub use layer::TracePropagationLayer;

@@ -10,6 +10,8 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 use super::future::ResponseFuture;
 use super::layer::TracePropagationLayer;
 use super::request::PublishMessage;
+use crate::consume::span::capture_headers;
+use opentelemetry_semantic_conventions::attribute as semconv;
 use crate::carrier::{find_header, HeaderInjector};
 use crate::w3c::TRACEPARENT;
 
@@ -93,7 +95,16 @@ where
     }
 
     fn call(&mut self, mut request: R) -> Self::Future {
-        let span = producer_span(&request);
+        let layer = &self.layer;
+        if !layer.skip.is_empty() && layer.skip.matches(request.subject()) {
+            layer.metrics.skipped("publish");
+            return ResponseFuture::new(self.inner.call(request), Span::none());
+        }
+        let span = if layer.spans_disabled {
+            Span::none()
+        } else {
+            producer_span(&request, layer)
+        };
         let explicit = request.parent_context().cloned();
         if let Some(parent) = &explicit {
             // Without an OpenTelemetry layer this fails; the explicit context
@@ -104,16 +115,21 @@ where
         let caller_set_traceparent = request
             .headers()
             .is_some_and(|h| find_header(h, TRACEPARENT).is_some());
-        if !caller_set_traceparent {
+        if caller_set_traceparent {
+            layer.metrics.injected("kept_caller_context");
+        } else {
             let cx = context_to_inject(&span, explicit);
-            if !cx.span().span_context().is_valid() {
+            if cx.span().span_context().is_valid() {
+                layer.metrics.injected("injected");
+            } else {
+                layer.metrics.injected("no_context");
                 warn_invalid_context_once(request.subject());
             }
-            let skipped = self.layer.propagator.with(|propagator| {
+            let skipped = {
                 let mut injector = HeaderInjector::new(request.headers_mut());
-                propagator.inject_context(&cx, &mut injector);
+                self.layer.propagator.inject(&cx, &mut injector);
                 injector.into_skipped()
-            });
+            };
             for skip in skipped {
                 span.add_event(
                     "nats_otel.inject_skipped",
@@ -123,7 +139,7 @@ where
                     target: "nats_otel",
                     parent: &span,
                     subject = request.subject(),
-                    "trace header not injected: {skip}"
+                    "trace header limited or not injected: {skip}"
                 );
             }
         }
@@ -136,23 +152,30 @@ where
     }
 }
 
-fn producer_span<R: PublishMessage>(request: &R) -> Span {
+fn producer_span<R: PublishMessage>(request: &R, layer: &TracePropagationLayer) -> Span {
     let subject = request.subject();
+    let name = match &layer.span_name {
+        Some(f) => f(subject),
+        None => format!("publish {subject}"),
+    };
     let span = tracing::info_span!(
         target: "nats_otel",
         "publish",
-        otel.name = format!("publish {subject}"),
+        otel.name = name,
         otel.kind = "producer",
-        messaging.system = "nats",
-        messaging.destination.name = subject,
-        messaging.operation.type = "send",
-        messaging.operation.name = "publish",
-        messaging.message.body.size = request.payload_len() as u64,
-        messaging.message.id = tracing::field::Empty,
+    );
+    span.set_attribute(semconv::MESSAGING_SYSTEM, "nats");
+    span.set_attribute(semconv::MESSAGING_DESTINATION_NAME, subject.to_owned());
+    span.set_attribute(semconv::MESSAGING_OPERATION_TYPE, "send");
+    span.set_attribute(semconv::MESSAGING_OPERATION_NAME, "publish");
+    span.set_attribute(
+        semconv::MESSAGING_MESSAGE_BODY_SIZE,
+        request.payload_len() as i64,
     );
     if let Some((_, id)) = request.headers().and_then(|h| find_header(h, NATS_MSG_ID)) {
-        span.record("messaging.message.id", id);
+        span.set_attribute(semconv::MESSAGING_MESSAGE_ID, id.to_owned());
     }
+    capture_headers(&span, request.headers(), &layer.capture_headers);
     span
 }
 

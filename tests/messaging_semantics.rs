@@ -1,0 +1,275 @@
+//! Messaging semantic conventions on a real server: settlement spans, the
+//! batch receive span with links, redelivery, filters and header capture.
+
+mod support;
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer::pull, stream, AckKind};
+use futures::StreamExt;
+use nats_otel::{
+    ContextExtractor, ContextSource, JetStreamPublisher, MessageContextExt, NoContextReason,
+    Publish, Redelivery, SettleExt, SubjectFilter, TraceContextStreamExt, TracePropagationLayer,
+};
+use opentelemetry::trace::SpanKind;
+use opentelemetry::Value;
+use support::server::NatsServer;
+use support::telemetry::*;
+use tower::{Layer, Service, ServiceExt};
+use tracing::Instrument;
+
+async fn setup(
+    server: &NatsServer,
+    ack_wait: Duration,
+) -> (jetstream::Context, jetstream::consumer::PullConsumer) {
+    let client = async_nats::connect(server.url()).await.unwrap();
+    let js = jetstream::new(client);
+    let stream = js
+        .create_stream(stream::Config {
+            name: "JOBS".into(),
+            subjects: vec!["jobs.>".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let consumer = stream
+        .create_consumer(pull::Config {
+            durable_name: Some("worker".into()),
+            ack_wait,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    (js, consumer)
+}
+
+async fn publish_in_span(js: &jetstream::Context, span_name: &'static str, subject: &str) {
+    let mut publisher = TracePropagationLayer::new().layer(JetStreamPublisher::new(js.clone()));
+    let span = tracing::info_span!("api", otel.name = span_name);
+    async {
+        publisher
+            .ready()
+            .await
+            .unwrap()
+            .call(Publish::new(subject.to_owned(), "{}"))
+            .await
+            .unwrap();
+    }
+    .instrument(span)
+    .await;
+}
+
+#[tokio::test]
+async fn settle_outcomes_are_client_spans_under_the_process_span() {
+    let telemetry = Telemetry::install();
+    let server = NatsServer::start();
+    let (js, consumer) = setup(&server, Duration::from_secs(30)).await;
+    for subject in ["jobs.a", "jobs.b", "jobs.c"] {
+        publish_in_span(&js, "api", subject).await;
+    }
+    let mut messages = consumer.messages().await.unwrap().with_trace_context();
+    for kind in [AckKind::Ack, AckKind::Nak(Some(Duration::from_secs(60))), AckKind::Term] {
+        let (message, cx) = messages.next().await.unwrap().unwrap();
+        message.settle(kind, &cx).await.unwrap();
+        drop(cx);
+    }
+    drop(messages);
+
+    for (operation, subject) in [("ack", "jobs.a"), ("nak", "jobs.b"), ("term", "jobs.c")] {
+        let settle = telemetry.span(&format!("{operation} {subject}"));
+        let process = telemetry.span(&format!("process {subject}"));
+        let publish = telemetry.span(&format!("publish {subject}"));
+        assert_kind(&settle, SpanKind::Client);
+        assert_child_of(&settle, &process);
+        assert_child_of(&process, &publish);
+        assert_within(&settle, &process);
+        assert_attribute(&settle, "messaging.operation.type", "settle");
+        assert_attribute(&settle, "messaging.operation.name", operation);
+        assert_attribute(&settle, "messaging.system", "nats");
+    }
+}
+
+#[tokio::test]
+async fn fetch_batch_receive_span_links_every_creation_context() {
+    let telemetry = Telemetry::install();
+    let server = NatsServer::start();
+    let (js, consumer) = setup(&server, Duration::from_secs(30)).await;
+    for subject in ["jobs.1", "jobs.2", "jobs.3"] {
+        publish_in_span(&js, "api", subject).await;
+    }
+    let mut batch = consumer
+        .fetch()
+        .max_messages(3)
+        .messages()
+        .await
+        .unwrap()
+        .with_trace_context()
+        .receive_span(true);
+    let mut seen = 0;
+    while let Some(item) = batch.next().await {
+        let (message, cx) = item.unwrap();
+        message.ack().await.unwrap();
+        drop(cx);
+        seen += 1;
+    }
+    drop(batch);
+    assert_eq!(seen, 3);
+
+    let receive = telemetry.span("receive JOBS");
+    assert_kind(&receive, SpanKind::Client);
+    assert_attribute(&receive, "messaging.batch.message_count", 3i64);
+    let linked: Vec<_> = receive
+        .links
+        .iter()
+        .map(|l| (l.span_context.trace_id(), l.span_context.span_id()))
+        .collect();
+    assert_eq!(linked.len(), 3, "links: {linked:?}");
+    for subject in ["jobs.1", "jobs.2", "jobs.3"] {
+        let publish = telemetry.span(&format!("publish {subject}"));
+        let process = telemetry.span(&format!("process {subject}"));
+        assert!(
+            linked.contains(&(trace_id(&publish), span_id(&publish))),
+            "receive span does not link {subject}'s creation context"
+        );
+        // Each message's process span keeps its own creation context as parent.
+        assert_child_of(&process, &publish);
+    }
+}
+
+async fn redeliver_once(redelivery: Option<Redelivery>) -> Telemetry {
+    let telemetry = Telemetry::install();
+    let server = NatsServer::start();
+    let (js, consumer) = setup(&server, Duration::from_secs(30)).await;
+    publish_in_span(&js, "api", "jobs.retry").await;
+    let mut extractor = ContextExtractor::new();
+    if let Some(r) = redelivery {
+        extractor = extractor.redelivery(r);
+    }
+    let mut messages = nats_otel::ContextExtractingConsumer::with_extractor(
+        consumer.messages().await.unwrap(),
+        extractor,
+    );
+    let (first, cx) = messages.next().await.unwrap().unwrap();
+    assert_eq!(first.info().unwrap().delivered, 1);
+    first.settle(AckKind::Nak(None), &cx).await.unwrap();
+    drop(cx);
+    let (second, cx) = messages.next().await.unwrap().unwrap();
+    assert_eq!(second.info().unwrap().delivered, 2);
+    assert_eq!(cx.extraction().unwrap().source(), ContextSource::Headers);
+    second.settle(AckKind::Ack, &cx).await.unwrap();
+    drop(cx);
+    telemetry
+}
+
+#[tokio::test]
+async fn redelivery_same_trace_by_default() {
+    let telemetry = redeliver_once(None).await;
+    let publish = telemetry.span("publish jobs.retry");
+    let processes = telemetry.spans_named("process jobs.retry");
+    assert_eq!(processes.len(), 2);
+    for process in &processes {
+        assert_child_of(process, &publish);
+    }
+    let delivered: Vec<_> = processes
+        .iter()
+        .map(|p| attribute(p, "messaging.nats.delivered"))
+        .collect();
+    assert!(delivered.contains(&Some(Value::I64(2))), "{delivered:?}");
+}
+
+#[tokio::test]
+async fn redelivery_new_trace_with_link_when_configured() {
+    let telemetry = redeliver_once(Some(Redelivery::NewTraceWithLink)).await;
+    let publish = telemetry.span("publish jobs.retry");
+    let processes = telemetry.spans_named("process jobs.retry");
+    assert_eq!(processes.len(), 2);
+    let first = processes
+        .iter()
+        .find(|p| attribute(p, "messaging.nats.delivered") == Some(Value::I64(1)))
+        .unwrap();
+    let second = processes
+        .iter()
+        .find(|p| attribute(p, "messaging.nats.delivered") == Some(Value::I64(2)))
+        .unwrap();
+    assert_child_of(first, &publish);
+    assert_ne!(trace_id(second), trace_id(&publish), "retry piled under the original trace");
+    assert_eq!(second.parent_span_id, opentelemetry::trace::SpanId::INVALID);
+    assert!(
+        second
+            .links
+            .iter()
+            .any(|l| l.span_context.span_id() == span_id(&publish)
+                && l.span_context.trace_id() == trace_id(&publish)),
+        "retry does not link the creation context"
+    );
+    // The ack of the retry lives in the retry's trace.
+    let acks = telemetry.spans_named("ack jobs.retry");
+    assert_eq!(acks.len(), 1);
+    assert_child_of(&acks[0], second);
+}
+
+#[tokio::test]
+async fn filters_names_and_captured_headers() {
+    let telemetry = Telemetry::install();
+    let server = NatsServer::start();
+    let client = async_nats::connect(server.url()).await.unwrap();
+    let mut subscriber = client
+        .subscribe("orders.>")
+        .await
+        .unwrap()
+        .with_trace_context();
+    let extractor_skip = SubjectFilter::new(["orders.internal.>"]);
+    let mut publisher = TracePropagationLayer::new()
+        .span_name(|_| "publish orders".into())
+        .capture_headers(["Order-Id"])
+        .skip_subjects(SubjectFilter::new(["orders.internal.>"]))
+        .layer(nats_otel::CorePublisher::new(client.clone()));
+    let api = tracing::info_span!("api");
+    async {
+        for subject in ["orders.new", "orders.internal.audit"] {
+            publisher
+                .ready()
+                .await
+                .unwrap()
+                .call(
+                    Publish::new(subject, "{}")
+                        .header("order-id", "o-17")
+                        .unwrap(),
+                )
+                .await
+                .unwrap();
+        }
+    }
+    .instrument(api)
+    .await;
+    client.flush().await.unwrap();
+
+    // A second adapter configuration over the same stream of messages.
+    let extractor = ContextExtractor::new()
+        .span_name(|_| "process orders".into())
+        .capture_headers(["ORDER-ID"])
+        .skip_subjects(extractor_skip);
+    let (first, _) = subscriber.next().await.unwrap();
+    let cx = extractor.extract(&nats_otel::MessageMeta::of(&first));
+    assert_eq!(cx.extraction().unwrap().source(), ContextSource::Headers);
+    drop(cx);
+    let (second, _) = subscriber.next().await.unwrap();
+    assert_eq!(second.subject.as_str(), "orders.internal.audit");
+    assert!(
+        second.headers.as_ref().is_none_or(|h| h.get("traceparent").is_none()),
+        "a skipped subject got a traceparent"
+    );
+    let cx = extractor.extract(&nats_otel::MessageMeta::of(&second));
+    assert_eq!(
+        cx.extraction().unwrap().reason(),
+        Some(&NoContextReason::SkippedByFilter)
+    );
+    drop(cx);
+
+    let publishes = telemetry.spans_named("publish orders");
+    assert_eq!(publishes.len(), 1, "the skipped subject got a producer span");
+    assert_attribute(&publishes[0], "messaging.nats.header.order-id", "o-17");
+    let process = telemetry.span("process orders");
+    assert_attribute(&process, "messaging.nats.header.order-id", "o-17");
+    assert_child_of(&process, &publishes[0]);
+}
