@@ -136,12 +136,14 @@ where
                     match written {
                         Ok(_) => {
                             fallback.stats.writes.fetch_add(1, Ordering::Relaxed);
+                            fallback.metrics.kv("write", true);
                         }
                         Err(error) => {
                             fallback
                                 .stats
                                 .write_failures
                                 .fetch_add(1, Ordering::Relaxed);
+                            fallback.metrics.kv("write", false);
                             let error = KvWriteError {
                                 bucket: fallback.store.name.clone(),
                                 key,
