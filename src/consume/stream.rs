@@ -16,10 +16,10 @@ use pin_project_lite::pin_project;
 
 use super::item::{ConsumerItem, MessageMeta};
 use super::span::{process_context, ProcessOptions, Redelivery};
-use crate::filter::SubjectFilter;
 use crate::extraction::{
     context_from_carrier, extract_headers, ContextSource, ExtractionRecord, NoContextReason,
 };
+use crate::filter::SubjectFilter;
 use crate::propagator::PropagatorChoice;
 use crate::trace_carrier::TraceCarrier;
 
@@ -381,6 +381,43 @@ pin_project! {
     /// # Ok(())
     /// # }
     /// ```
+    ///
+    /// Runnable without a server — the adapter over any stream of messages,
+    /// here one sent by a Go service (`Traceparent` casing):
+    ///
+    /// ```
+    /// use async_nats::{HeaderMap, Message};
+    /// use futures::StreamExt;
+    /// use nats_otel::{ContextSource, MessageContextExt, TraceContextStreamExt};
+    /// use opentelemetry::trace::TraceContextExt;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let mut headers = HeaderMap::new();
+    /// headers.insert("Traceparent", "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01");
+    /// let message = Message {
+    ///     subject: "jobs.resize".into(),
+    ///     reply: None,
+    ///     payload: "{}".into(),
+    ///     headers: Some(headers),
+    ///     status: None,
+    ///     description: None,
+    ///     length: 0,
+    /// };
+    ///
+    /// let mut messages = futures::stream::iter([message]).with_trace_context();
+    /// let (message, cx) = messages.next().await.unwrap();
+    ///
+    /// let record = cx.extraction().unwrap();
+    /// assert_eq!(record.source(), ContextSource::Headers);
+    /// assert_eq!(record.header_name(), Some("Traceparent"));
+    /// assert_eq!(
+    ///     cx.span().span_context().trace_id().to_string(),
+    ///     "0af7651916cd43dd8448eb211c80319c"
+    /// );
+    /// # let _ = message;
+    /// # }
+    /// ```
     pub struct ContextExtractingConsumer<S>
     where
         S: Stream,
@@ -565,7 +602,9 @@ where
                 otel.name = "receive",
                 otel.kind = "client",
             );
-            receive.span.set_attribute(semconv::MESSAGING_SYSTEM, "nats");
+            receive
+                .span
+                .set_attribute(semconv::MESSAGING_SYSTEM, "nats");
             receive
                 .span
                 .set_attribute(semconv::MESSAGING_OPERATION_TYPE, "receive");
@@ -576,7 +615,13 @@ where
         if let Some(pending) = this.pending.as_mut() {
             let (remote, record) = ready!(pending.lookup.as_mut().poll(cx));
             let item = this.pending.take().expect("pending checked above").item;
-            return Poll::Ready(Some(finish(this.extractor, this.receive, item, remote, record)));
+            return Poll::Ready(Some(finish(
+                this.extractor,
+                this.receive,
+                item,
+                remote,
+                record,
+            )));
         }
         let Some(item) = ready!(this.inner.as_mut().poll_next(cx)) else {
             if let Some(receive) = this.receive.take() {
@@ -600,7 +645,13 @@ where
         };
         // Poll once right away: a fast lookup yields in this call.
         if let Poll::Ready((remote, record)) = lookup.as_mut().poll(cx) {
-            return Poll::Ready(Some(finish(this.extractor, this.receive, item, remote, record)));
+            return Poll::Ready(Some(finish(
+                this.extractor,
+                this.receive,
+                item,
+                remote,
+                record,
+            )));
         }
         *this.pending = Some(Pending { item, lookup });
         Poll::Pending

@@ -196,7 +196,7 @@ impl std::error::Error for KeyError {}
 /// # Examples
 ///
 /// ```
-/// use nats_otel::{decode_key, encode_key};
+/// use nats_otel::fallback::{decode_key, encode_key};
 ///
 /// assert_eq!(encode_key("job-7").unwrap(), "job-7");
 /// assert_eq!(encode_key("a..b").unwrap(), "a=2E=2Eb");

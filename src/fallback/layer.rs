@@ -123,9 +123,16 @@ where
         Box::pin(async move {
             match key {
                 Err(error) => {
+                    // Not a failure (the message may simply have no key), but
+                    // never silent: consumers cannot recover this one.
                     span.add_event(
                         "nats_otel.fallback_skipped",
                         vec![KeyValue::new("reason", error.to_string())],
+                    );
+                    tracing::warn!(
+                        target: "nats_otel",
+                        parent: &span,
+                        "{error}; no KV fallback record written for this message"
                     );
                 }
                 Ok(key) if carrier.traceparent.is_some() => {

@@ -39,6 +39,47 @@ use crate::propagator::PropagatorChoice;
 /// # Ok(())
 /// # }
 /// ```
+///
+/// Runnable without a server — the layer in front of a service that
+/// returns the headers it was handed:
+///
+/// ```
+/// use std::convert::Infallible;
+///
+/// use nats_otel::{Publish, TracePropagationLayer};
+/// use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState};
+/// use tower::{service_fn, Layer, Service, ServiceExt};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let mut publisher = TracePropagationLayer::new().layer(service_fn(|publish: Publish| async move {
+///     Ok::<_, Infallible>(publish.header_map().cloned().unwrap_or_default())
+/// }));
+///
+/// // The caller's context (usually the current `tracing` span's).
+/// let parent = opentelemetry::Context::new().with_remote_span_context(SpanContext::new(
+///     TraceId::from_hex("0af7651916cd43dd8448eb211c80319c").unwrap(),
+///     SpanId::from_hex("b7ad6b7169203331").unwrap(),
+///     TraceFlags::SAMPLED,
+///     true,
+///     TraceState::default(),
+/// ));
+/// let headers = publisher
+///     .ready()
+///     .await
+///     .unwrap()
+///     .call(Publish::new("jobs.resize", "{}").context(parent))
+///     .await
+///     .unwrap();
+///
+/// // No OpenTelemetry layer is installed here, so the parent itself is
+/// // injected; with one, it is the PRODUCER span's id.
+/// assert_eq!(
+///     headers.get("traceparent").unwrap().as_str(),
+///     "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+/// );
+/// # }
+/// ```
 #[derive(Clone, Default)]
 pub struct TracePropagationLayer {
     pub(crate) propagator: PropagatorChoice,

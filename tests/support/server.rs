@@ -353,6 +353,11 @@ impl NatsServer {
         format!("nats://{LOOPBACK}:{}", self.port)
     }
 
+    /// The server process id, while it runs (e.g. to freeze it with SIGSTOP).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
     /// Client port (stays the same across restarts).
     pub fn port(&self) -> u16 {
         self.port
