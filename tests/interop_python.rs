@@ -1,0 +1,276 @@
+//! Interop with a real Python peer: nats-py for NATS and
+//! opentelemetry-python's own W3C propagators (`TraceContextTextMapPropagator`
+//! + `W3CBaggagePropagator`), run from `tests/peers/peer.py`.
+//!
+//! The peer runs in the venv that `cargo xtask test` creates under
+//! `target/peers-venv` from the pinned `tests/peers/requirements.txt`, and
+//! finds through `NATS_OTEL_PEER_PYTHON`. Without it these tests fail (never
+//! skip): run them through `cargo xtask test`.
+
+mod support;
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use async_nats::HeaderMap;
+use futures::{Stream, StreamExt};
+use nats_otel::{
+    ContextSource, CorePublisher, MessageContextExt, Publish, TraceContextStreamExt,
+    TracePropagationLayer,
+};
+use opentelemetry::baggage::BaggageExt;
+use opentelemetry::trace::{SpanId, TraceContextExt, TraceId};
+use opentelemetry::{KeyValue, StringValue};
+use serde_json::Value;
+use support::server::NatsServer;
+use support::telemetry::*;
+use tokio::io::{AsyncBufReadExt, BufReader, Lines};
+use tokio::process::{Child, ChildStdout, Command};
+use tower::{Layer, Service, ServiceExt};
+use tracing::Instrument;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+const PEER_PYTHON_ENV: &str = "NATS_OTEL_PEER_PYTHON";
+const WAIT: Duration = Duration::from_secs(30);
+
+/// "ключ" ("key" in Russian), as opentelemetry-python percent-encodes it.
+const KLYUCH: &str = "ключ";
+const KLYUCH_ENCODED: &str = "%D0%BA%D0%BB%D1%8E%D1%87";
+const TRACESTATE: &str = "rojo=00f067aa0ba902b7,congo=t61rcWkgMzE";
+
+/// The venv's python, or a failure telling how to get one.
+fn peer_python() -> PathBuf {
+    let Some(path) = std::env::var_os(PEER_PYTHON_ENV).filter(|v| !v.is_empty()) else {
+        panic!(
+            "{PEER_PYTHON_ENV} is not set. The Python peers (nats-py, opentelemetry-sdk) are \
+             installed by the test command: run `cargo xtask test` (or `cargo xtask \
+             install-peers` and set {PEER_PYTHON_ENV} to the path it prints)"
+        );
+    };
+    let path = PathBuf::from(path);
+    assert!(
+        path.is_file(),
+        "{PEER_PYTHON_ENV}={} does not exist; run `cargo xtask test`, which recreates \
+         target/peers-venv",
+        path.display()
+    );
+    path
+}
+
+fn peer(args: &[&str]) -> (Child, Lines<BufReader<ChildStdout>>) {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/peers/peer.py");
+    let mut child = Command::new(peer_python())
+        .arg(script)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start the Python peer");
+    let stdout = child.stdout.take().expect("piped stdout");
+    (child, BufReader::new(stdout).lines())
+}
+
+/// The peer's next JSON line.
+async fn json_line(lines: &mut Lines<BufReader<ChildStdout>>) -> Value {
+    let line = tokio::time::timeout(WAIT, lines.next_line())
+        .await
+        .expect("the Python peer printed nothing within 30 s")
+        .expect("read the Python peer's output")
+        .expect("the Python peer exited without printing its result (see its stderr above)");
+    serde_json::from_str(&line).unwrap_or_else(|e| panic!("peer printed {line:?}: {e}"))
+}
+
+async fn exits_ok(mut child: Child) {
+    let status = tokio::time::timeout(WAIT, child.wait())
+        .await
+        .expect("the Python peer did not exit")
+        .unwrap();
+    assert!(status.success(), "the Python peer failed: {status}");
+}
+
+async fn next<S: Stream + Unpin>(stream: &mut S) -> S::Item {
+    tokio::time::timeout(WAIT, stream.next())
+        .await
+        .expect("no message within 30 s: lost?")
+        .expect("the subscription ended")
+}
+
+fn str_field<'a>(doc: &'a Value, key: &str) -> &'a str {
+    doc[key]
+        .as_str()
+        .unwrap_or_else(|| panic!("{key} missing in {doc}"))
+}
+
+fn header<'a>(headers: &'a HeaderMap, name: &str) -> &'a str {
+    headers
+        .get(name)
+        .unwrap_or_else(|| panic!("no header {name:?} as sent: {headers:?}"))
+        .as_str()
+}
+
+/// A Python producer writes the header names as `casing` would; the Rust
+/// consumer, through the adapter, continues its trace with the right parent
+/// and decodes tracestate and percent-encoded unicode baggage.
+async fn python_producer_to_rust_consumer(casing: &str, names: [&str; 3]) {
+    let [traceparent_name, tracestate_name, baggage_name] = names;
+    let telemetry = Telemetry::install();
+    let server = NatsServer::start();
+    let client = async_nats::connect(server.url()).await.unwrap();
+    let subject = format!("interop.py.{casing}");
+    let mut jobs = client
+        .subscribe(subject.clone())
+        .await
+        .unwrap()
+        .with_trace_context();
+    client.flush().await.unwrap();
+
+    let user = format!("user={KLYUCH}");
+    let (child, mut out) = peer(&[
+        "produce",
+        "--url",
+        &server.url(),
+        "--subject",
+        &subject,
+        "--casing",
+        casing,
+        "--tracestate",
+        TRACESTATE,
+        "--baggage",
+        &user,
+        "--baggage",
+        "tenant=acme",
+    ]);
+    let produced = json_line(&mut out).await;
+    exits_ok(child).await;
+    let python_trace = TraceId::from_hex(str_field(&produced, "trace_id")).unwrap();
+    let python_span = SpanId::from_hex(str_field(&produced, "span_id")).unwrap();
+    assert_ne!(python_trace, TraceId::INVALID);
+
+    let (message, cx) = next(&mut jobs).await;
+    assert_eq!(&message.payload[..], b"from python");
+    // What travelled: the peer's own propagators, under the peer's names.
+    let sent = message.headers.as_ref().expect("headers arrived");
+    assert_eq!(
+        header(sent, traceparent_name),
+        format!("00-{python_trace}-{python_span}-01")
+    );
+    assert_eq!(header(sent, tracestate_name), TRACESTATE);
+    assert!(
+        header(sent, baggage_name).contains(&format!("user={KLYUCH_ENCODED}")),
+        "opentelemetry-python percent-encodes unicode baggage: {:?}",
+        header(sent, baggage_name)
+    );
+
+    let record = cx.extraction().unwrap();
+    assert_eq!(record.source(), ContextSource::Headers, "{record}");
+    assert_eq!(record.reason(), None);
+    let expected_name = (traceparent_name != "traceparent").then_some(traceparent_name);
+    assert_eq!(record.header_name(), expected_name);
+    assert_eq!(cx.baggage().get("user"), Some(&StringValue::from(KLYUCH)));
+    assert_eq!(cx.baggage().get("tenant"), Some(&StringValue::from("acme")));
+    assert_eq!(cx.span().span_context().trace_state().header(), TRACESTATE);
+
+    let handler = cx.handler_span(tracing::info_span!("handler")).unwrap();
+    let in_handler = async {
+        let cx = tracing::Span::current().context();
+        let baggage = cx.baggage();
+        (baggage.get("user").cloned(), baggage.get("tenant").cloned())
+    }
+    .instrument(handler)
+    .await;
+    assert_eq!(
+        in_handler,
+        (
+            Some(StringValue::from(KLYUCH)),
+            Some(StringValue::from("acme"))
+        ),
+        "baggage decoded in the handler's context"
+    );
+    drop(cx);
+
+    let process = telemetry.span(&format!("process {subject}"));
+    let handler = telemetry.span("handler");
+    assert_eq!(trace_id(&process), python_trace, "same trace as Python");
+    assert_eq!(
+        process.parent_span_id, python_span,
+        "parent is Python's span"
+    );
+    assert!(process.parent_span_is_remote);
+    assert_eq!(process.span_context.trace_state().header(), TRACESTATE);
+    assert_child_of(&handler, &process);
+}
+
+#[tokio::test]
+async fn python_otel_producer_to_rust_consumer_keeps_trace_and_parent() {
+    python_producer_to_rust_consumer("otel", ["traceparent", "tracestate", "baggage"]).await;
+}
+
+#[tokio::test]
+async fn go_cased_producer_tracestate_and_unicode_baggage_reach_the_handler() {
+    python_producer_to_rust_consumer("go", ["Traceparent", "Tracestate", "Baggage"]).await;
+}
+
+#[tokio::test]
+async fn java_lowercase_producer_tracestate_and_unicode_baggage_reach_the_handler() {
+    python_producer_to_rust_consumer("lower", ["traceparent", "tracestate", "baggage"]).await;
+}
+
+/// The Rust layer publishes inside a traced request; a Python consumer
+/// extracting with opentelemetry-python sees the PRODUCER span as its parent,
+/// in the same trace, with the baggage decoded.
+#[tokio::test]
+async fn rust_producer_to_python_consumer_keeps_trace_and_parent() {
+    let telemetry = Telemetry::install();
+    let server = NatsServer::start();
+    let client = async_nats::connect(server.url()).await.unwrap();
+    let subject = "interop.rust.to.py";
+
+    let (child, mut out) = peer(&["consume", "--url", &server.url(), "--subject", subject]);
+    let ready = json_line(&mut out).await;
+    assert_eq!(ready["ready"], true, "{ready}");
+
+    let mut publisher = TracePropagationLayer::new().layer(CorePublisher::new(client.clone()));
+    let api = tracing::info_span!("api");
+    async {
+        let cx = tracing::Span::current()
+            .context()
+            .with_baggage(vec![KeyValue::new("user", KLYUCH)]);
+        publisher
+            .ready()
+            .await
+            .unwrap()
+            .call(Publish::new(subject, "from rust").context(cx))
+            .await
+            .unwrap();
+    }
+    .instrument(api.clone())
+    .await;
+    drop(api);
+    client.flush().await.unwrap();
+
+    let consumed = json_line(&mut out).await;
+    exits_ok(child).await;
+
+    let send = telemetry.span(&format!("publish {subject}"));
+    let api = telemetry.span("api");
+    assert_child_of(&send, &api);
+    assert_eq!(consumed["payload"], "from rust");
+    assert_eq!(
+        str_field(&consumed, "trace_id"),
+        trace_id(&send).to_string(),
+        "Python sees the Rust trace: {consumed}"
+    );
+    assert_eq!(
+        str_field(&consumed, "parent_span_id"),
+        span_id(&send).to_string(),
+        "Python's parent is the Rust PRODUCER span: {consumed}"
+    );
+    assert_eq!(consumed["is_remote"], true);
+    assert_eq!(consumed["sampled"], true);
+    assert_eq!(consumed["baggage"]["user"], KLYUCH, "{consumed}");
+    let baggage = str_field(&consumed["headers"], "baggage");
+    assert_eq!(baggage, format!("user={KLYUCH_ENCODED}"));
+}
