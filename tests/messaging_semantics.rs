@@ -68,7 +68,11 @@ async fn settle_outcomes_are_client_spans_under_the_process_span() {
         publish_in_span(&js, "api", subject).await;
     }
     let mut messages = consumer.messages().await.unwrap().with_trace_context();
-    for kind in [AckKind::Ack, AckKind::Nak(Some(Duration::from_secs(60))), AckKind::Term] {
+    for kind in [
+        AckKind::Ack,
+        AckKind::Nak(Some(Duration::from_secs(60))),
+        AckKind::Term,
+    ] {
         let (message, cx) = messages.next().await.unwrap().unwrap();
         message.settle(kind, &cx).await.unwrap();
         drop(cx);
@@ -192,7 +196,11 @@ async fn redelivery_new_trace_with_link_when_configured() {
         .find(|p| attribute(p, "messaging.nats.delivered") == Some(Value::I64(2)))
         .unwrap();
     assert_child_of(first, &publish);
-    assert_ne!(trace_id(second), trace_id(&publish), "retry piled under the original trace");
+    assert_ne!(
+        trace_id(second),
+        trace_id(&publish),
+        "retry piled under the original trace"
+    );
     assert_eq!(second.parent_span_id, opentelemetry::trace::SpanId::INVALID);
     assert!(
         second
@@ -256,7 +264,10 @@ async fn filters_names_and_captured_headers() {
     let (second, _) = subscriber.next().await.unwrap();
     assert_eq!(second.subject.as_str(), "orders.internal.audit");
     assert!(
-        second.headers.as_ref().is_none_or(|h| h.get("traceparent").is_none()),
+        second
+            .headers
+            .as_ref()
+            .is_none_or(|h| h.get("traceparent").is_none()),
         "a skipped subject got a traceparent"
     );
     let cx = extractor.extract(&nats_otel::MessageMeta::of(&second));
@@ -267,7 +278,11 @@ async fn filters_names_and_captured_headers() {
     drop(cx);
 
     let publishes = telemetry.spans_named("publish orders");
-    assert_eq!(publishes.len(), 1, "the skipped subject got a producer span");
+    assert_eq!(
+        publishes.len(),
+        1,
+        "the skipped subject got a producer span"
+    );
     assert_attribute(&publishes[0], "messaging.nats.header.order-id", "o-17");
     let process = telemetry.span("process orders");
     assert_attribute(&process, "messaging.nats.header.order-id", "o-17");
