@@ -5,6 +5,7 @@
 //! [`ExtractionRecord`], readable with `cx.get::<ExtractionRecord>()` or
 //! [`MessageContextExt::extraction`](crate::MessageContextExt::extraction).
 
+use std::borrow::Cow;
 use std::fmt;
 
 use async_nats::HeaderMap;
@@ -17,8 +18,8 @@ use opentelemetry::trace::{SpanContext, SpanId, TraceFlags, TraceId, TraceState}
 use crate::carrier::{find_header, scan_w3c, traceparent_values, HeaderExtractor};
 use crate::propagator::{PropagatorChoice, Resolved};
 use crate::w3c::{
-    extract_baggage, parse_traceparent, parse_tracestate, TraceparentProblem, BAGGAGE,
-    TRACEPARENT, TRACESTATE,
+    extract_baggage, parse_traceparent, parse_tracestate, TraceparentProblem, BAGGAGE, TRACEPARENT,
+    TRACESTATE,
 };
 
 /// Where a message's trace context came from.
@@ -268,7 +269,7 @@ pub struct ExtractionRecord {
     source: ContextSource,
     reason: Option<NoContextReason>,
     fallback_reason: Option<NoContextReason>,
-    header_name: Option<String>,
+    header_name: Option<Cow<'static, str>>,
     notes: Vec<String>,
 }
 
@@ -294,7 +295,13 @@ impl ExtractionRecord {
     }
 
     pub(crate) fn with_header_name(mut self, name: &str) -> Self {
-        self.header_name = Some(name.to_owned());
+        // The casings peers actually send need no allocation.
+        self.header_name = Some(match name {
+            "Traceparent" => Cow::Borrowed("Traceparent"),
+            "TRACEPARENT" => Cow::Borrowed("TRACEPARENT"),
+            "TraceParent" => Cow::Borrowed("TraceParent"),
+            other => Cow::Owned(other.to_owned()),
+        });
         self
     }
 
@@ -406,7 +413,10 @@ pub(crate) fn extract_w3c(headers: &HeaderMap) -> (Context, ExtractionRecord) {
     let found = scan_w3c(headers);
     let mut notes: Vec<String> = Vec::new();
     let (cx, mut record) = match found.traceparent {
-        _ if found.ambiguous => (Context::new(), ExtractionRecord::none(ambiguous_reason(headers))),
+        _ if found.ambiguous => (
+            Context::new(),
+            ExtractionRecord::none(ambiguous_reason(headers)),
+        ),
         None => (
             Context::new(),
             ExtractionRecord::none(NoContextReason::MissingTraceparent {
@@ -444,7 +454,10 @@ pub(crate) fn extract_w3c(headers: &HeaderMap) -> (Context, ExtractionRecord) {
                 if name != TRACEPARENT {
                     record = record.with_header_name(name);
                 }
-                (Context::new().with_remote_span_context(span_context), record)
+                (
+                    Context::new().with_remote_span_context(span_context),
+                    record,
+                )
             }
         },
     };
@@ -541,9 +554,11 @@ pub(crate) fn context_from_carrier(
 /// `cx` with its baggage but without its span context.
 fn without_span(cx: &Context) -> Context {
     use opentelemetry::baggage::BaggageExt;
-    Context::new().with_baggage(cx.baggage().iter().map(|(k, (v, _))| {
-        opentelemetry::KeyValue::new(k.clone(), v.clone())
-    }))
+    Context::new().with_baggage(
+        cx.baggage()
+            .iter()
+            .map(|(k, (v, _))| opentelemetry::KeyValue::new(k.clone(), v.clone())),
+    )
 }
 
 fn present_fields(

@@ -11,7 +11,10 @@ use std::sync::{Arc, LazyLock};
 
 use opentelemetry::global;
 use opentelemetry::propagation::{TextMapCompositePropagator, TextMapPropagator};
+use opentelemetry::Context;
 use opentelemetry_sdk::propagation::{BaggagePropagator, TraceContextPropagator};
+
+use crate::carrier::HeaderInjector;
 
 static W3C: LazyLock<TextMapCompositePropagator> = LazyLock::new(|| {
     TextMapCompositePropagator::new(vec![
@@ -56,23 +59,50 @@ impl PropagatorChoice {
         Self::Custom(Arc::new(propagator))
     }
 
-    /// Runs `f` with the propagator this choice resolves to right now.
-    pub(crate) fn with<R>(&self, f: impl FnOnce(&dyn TextMapPropagator) -> R) -> R {
+    /// Runs `f` with the propagator this choice resolves to right now:
+    /// [`Resolved::W3c`] for the crate's default (the global is still the
+    /// no-op), so that callers can take the W3C fast path.
+    ///
+    /// The global is read on every call (one uncontended read lock), so a
+    /// propagator set later with `set_text_map_propagator` is noticed at
+    /// once.
+    pub(crate) fn resolve<R>(&self, f: impl FnOnce(Resolved<'_>) -> R) -> R {
         match self {
-            Self::Custom(p) => f(p.as_ref()),
+            Self::Custom(p) => f(Resolved::Generic(p.as_ref())),
             Self::Auto => {
                 let mut f = Some(f);
                 global::get_text_map_propagator(|global| {
-                    let f = f.take().expect("get_text_map_propagator calls once");
+                    // Called exactly once; `None` cannot happen.
+                    let Some(f) = f.take() else {
+                        unreachable!("get_text_map_propagator calls its closure once")
+                    };
                     if is_noop(global) {
-                        f(&*W3C)
+                        f(Resolved::W3c)
                     } else {
-                        f(global)
+                        f(Resolved::Generic(global))
                     }
                 })
             }
         }
     }
+
+    /// Injects `cx` through `injector`: the W3C fast path for the default,
+    /// the propagator's own `inject_context` otherwise.
+    pub(crate) fn inject(&self, cx: &Context, injector: &mut HeaderInjector<'_>) {
+        self.resolve(|resolved| match resolved {
+            Resolved::W3c => injector.inject_w3c(cx),
+            Resolved::Generic(p) => p.inject_context(cx, injector),
+        })
+    }
+}
+
+/// What a [`PropagatorChoice`] resolves to.
+#[derive(Clone, Copy)]
+pub(crate) enum Resolved<'a> {
+    /// W3C Trace Context + Baggage, the crate's default: use the fast path.
+    W3c,
+    /// Any other propagator.
+    Generic(&'a dyn TextMapPropagator),
 }
 
 /// Whether `propagator` is a no-op: one that declares no fields.

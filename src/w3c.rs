@@ -3,8 +3,29 @@
 //!
 //! The SDK's propagator only says "invalid"; [`check_traceparent`] says which
 //! rule a `traceparent` value breaks, so the extraction record can name it.
+//!
+//! This module also holds the W3C fast path used when the propagator is the
+//! crate's default (W3C Trace Context + Baggage): `traceparent` formatted
+//! into a stack buffer, `tracestate` written only when non-empty, and the
+//! W3C limits applied on both sides:
+//!
+//! - `tracestate`: at most 32 list-members. On inject, members past the
+//!   32nd are dropped. On extract, a value with more members (or longer than
+//!   any valid 32-member list can be, [`TRACESTATE_CEILING`] bytes) is
+//!   invalid and discarded, without failing the trace; a valid value longer
+//!   than 512 characters is truncated the way W3C asks (whole entries,
+//!   entries over 128 characters first, then from the end).
+//! - `baggage`: at most 180 list-members and 8192 bytes. On inject, whole
+//!   members are dropped to stay within both; on extract, a longer value is
+//!   discarded, as the SDK does.
 
 use std::fmt;
+
+use opentelemetry::baggage::BaggageExt;
+use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
+use opentelemetry::trace::{SpanId, TraceFlags, TraceId, TraceState};
+use opentelemetry::Context;
+use opentelemetry_sdk::propagation::BaggagePropagator;
 
 /// The W3C header that carries the trace id, the parent span id and flags.
 pub const TRACEPARENT: &str = "traceparent";
@@ -105,6 +126,9 @@ pub fn check_traceparent(value: &str) -> Result<(), TraceparentProblem> {
 }
 
 pub(crate) fn parse_traceparent(value: &str) -> Result<Traceparent, TraceparentProblem> {
+    if let Some(tp) = parse_exact_v00(value.as_bytes()) {
+        return Ok(tp);
+    }
     let value = value.trim_matches(|c| c == ' ' || c == '\t');
     if value.is_empty() {
         return Err(TraceparentProblem::Empty);
@@ -138,6 +162,77 @@ pub(crate) fn parse_traceparent(value: &str) -> Result<Traceparent, TraceparentP
     })
 }
 
+/// The common case in one pass: exactly 55 bytes, version `00`, lowercase
+/// hex, non-zero ids. Anything else (including every invalid value) returns
+/// `None` and goes through the field-by-field checks, which name the rule.
+#[inline]
+fn parse_exact_v00(b: &[u8]) -> Option<Traceparent> {
+    if b.len() != TRACEPARENT_LEN
+        || b[0] != b'0'
+        || b[1] != b'0'
+        || b[2] != b'-'
+        || b[35] != b'-'
+        || b[52] != b'-'
+    {
+        return None;
+    }
+    let hi = hex_u64(&b[3..19])?;
+    let lo = hex_u64(&b[19..35])?;
+    let span_id = hex_u64(&b[36..52])?;
+    let flags = (hex_digit(b[53])? << 4) | hex_digit(b[54])?;
+    let trace_id = (u128::from(hi) << 64) | u128::from(lo);
+    if trace_id == 0 || span_id == 0 {
+        return None;
+    }
+    Some(Traceparent {
+        trace_id,
+        span_id,
+        flags,
+    })
+}
+
+/// Sixteen lowercase hex digits as a `u64`.
+#[inline]
+fn hex_u64(digits: &[u8]) -> Option<u64> {
+    let (hi, lo) = digits.split_at_checked(8)?;
+    Some((u64::from(hex8(hi)?) << 32) | u64::from(hex8(lo)?))
+}
+
+/// Eight lowercase hex digits as a `u32`, eight bytes at a time (SWAR).
+#[inline]
+fn hex8(digits: &[u8]) -> Option<u32> {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let x = u64::from_be_bytes(digits.try_into().ok()?);
+    if x & HIGH != 0 {
+        return None;
+    }
+    // Every byte is below 0x80 and so is every constant: no sum carries
+    // into the next byte, and each byte's high bit answers the comparison.
+    let at_least = |c: u64| (x + (0x80 - c) * ONES) & HIGH;
+    let digit = at_least(0x30) & !at_least(0x3a);
+    let letter = at_least(0x61) & !at_least(0x67);
+    if digit | letter != HIGH {
+        return None;
+    }
+    // '0'..='9' -> low nibble; 'a'..='f' -> low nibble + 9.
+    let v = (x & 0x0f0f_0f0f_0f0f_0f0f) + (letter >> 7) * 9;
+    // Pack the eight nibbles (the first digit is in the highest byte).
+    let v = (v | (v >> 4)) & 0x00ff_00ff_00ff_00ff;
+    let v = (v | (v >> 8)) & 0x0000_ffff_0000_ffff;
+    let v = (v | (v >> 16)) & 0x0000_0000_ffff_ffff;
+    Some(v as u32)
+}
+
+#[inline]
+fn hex_digit(c: u8) -> Option<u8> {
+    match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        _ => None,
+    }
+}
+
 fn hex_field(field: &str, len: usize) -> Result<u128, TraceparentProblem> {
     if field.len() != len {
         // Report uppercase or garbage first when present: it is the more
@@ -168,6 +263,329 @@ fn hex_field(field: &str, len: usize) -> Result<u128, TraceparentProblem> {
     Ok(n)
 }
 
+/// Length of a version `00` `traceparent` value.
+pub(crate) const TRACEPARENT_LEN: usize = 55;
+
+/// W3C Trace Context: at most 32 `tracestate` list-members.
+pub(crate) const MAX_TRACESTATE_MEMBERS: usize = 32;
+
+/// The longest a valid `tracestate` can be: 32 members of a 256-character
+/// key, `=` and a 256-character value, with a comma and one optional
+/// whitespace character on each side between members. Longer values are
+/// discarded without being parsed.
+pub(crate) const TRACESTATE_CEILING: usize =
+    MAX_TRACESTATE_MEMBERS * (256 + 1 + 256) + (MAX_TRACESTATE_MEMBERS - 1) * 3;
+
+/// W3C Trace Context: vendors should propagate at least 512 characters of
+/// `tracestate`; this crate keeps at most that many on extract.
+pub(crate) const TRACESTATE_KEEP_LEN: usize = 512;
+
+/// W3C Trace Context: entries over this many characters are removed first
+/// when `tracestate` has to be truncated.
+const TRACESTATE_LONG_ENTRY: usize = 128;
+
+/// W3C Baggage: at most 180 list-members.
+pub(crate) const MAX_BAGGAGE_MEMBERS: usize = 180;
+
+/// W3C Baggage: at most 8192 bytes for the whole `baggage` value.
+pub(crate) const MAX_BAGGAGE_LEN: usize = 8192;
+
+/// Each byte's two lowercase hex digits.
+static HEX_PAIRS: [[u8; 2]; 256] = {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut table = [[0u8; 2]; 256];
+    let mut i = 0;
+    while i < 256 {
+        table[i] = [DIGITS[i >> 4], DIGITS[i & 0x0f]];
+        i += 1;
+    }
+    table
+};
+
+/// Formats a version `00` `traceparent` into a stack buffer, as the SDK's
+/// `TraceContextPropagator` does (flags reduced to the sampled bit).
+pub(crate) fn format_traceparent(
+    trace_id: TraceId,
+    span_id: SpanId,
+    flags: TraceFlags,
+) -> [u8; TRACEPARENT_LEN] {
+    let mut buf = [b'-'; TRACEPARENT_LEN];
+    buf[0] = b'0';
+    buf[1] = b'0';
+    for (i, byte) in trace_id.to_bytes().into_iter().enumerate() {
+        let [hi, lo] = HEX_PAIRS[usize::from(byte)];
+        buf[3 + 2 * i] = hi;
+        buf[4 + 2 * i] = lo;
+    }
+    for (i, byte) in span_id.to_bytes().into_iter().enumerate() {
+        let [hi, lo] = HEX_PAIRS[usize::from(byte)];
+        buf[36 + 2 * i] = hi;
+        buf[37 + 2 * i] = lo;
+    }
+    let [hi, lo] = HEX_PAIRS[usize::from((flags & TraceFlags::SAMPLED).to_u8())];
+    buf[53] = hi;
+    buf[54] = lo;
+    buf
+}
+
+/// The `traceparent` value as a `String`: one allocation.
+pub(crate) fn traceparent_string(trace_id: TraceId, span_id: SpanId, flags: TraceFlags) -> String {
+    let buf = format_traceparent(trace_id, span_id, flags);
+    // Only ASCII hex digits and dashes: the conversion cannot fail.
+    String::from_utf8(buf.to_vec()).unwrap_or_default()
+}
+
+/// The `tracestate` header value, or `None` when it is empty (the SDK
+/// writes an empty header; W3C allows leaving it out). Members past the
+/// 32nd are dropped; the second value says how many.
+pub(crate) fn tracestate_value(trace_state: &TraceState) -> Option<(String, usize)> {
+    let total = trace_state.into_iter().len();
+    if total == 0 {
+        return None;
+    }
+    let kept = total.min(MAX_TRACESTATE_MEMBERS);
+    let len = trace_state
+        .into_iter()
+        .take(kept)
+        .map(|(k, v)| k.len() + 1 + v.len())
+        .sum::<usize>()
+        + kept
+        - 1;
+    let mut out = String::with_capacity(len);
+    for (i, (k, v)) in trace_state.into_iter().take(kept).enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(k);
+        out.push('=');
+        out.push_str(v);
+    }
+    Some((out, total - kept))
+}
+
+/// Captures the one value a propagator writes.
+#[derive(Default)]
+struct Capture(Option<String>);
+
+impl Injector for Capture {
+    fn set(&mut self, _key: &str, value: String) {
+        self.0 = Some(value);
+    }
+}
+
+/// Offers one value under any key.
+struct One<'a>(&'a str);
+
+impl Extractor for One<'_> {
+    fn get(&self, _key: &str) -> Option<&str> {
+        Some(self.0)
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        vec![BAGGAGE]
+    }
+}
+
+/// The `baggage` header value for `cx`, encoded by the SDK's
+/// `BaggagePropagator`, or `None` when the context has no baggage.
+///
+/// Whole members are dropped to stay within 180 members and 8192 bytes;
+/// the second value says how many.
+pub(crate) fn baggage_value(cx: &Context) -> Option<(String, usize)> {
+    let baggage = cx.baggage();
+    if baggage.is_empty() {
+        return None;
+    }
+    let mut capture = Capture::default();
+    BaggagePropagator::new().inject_context(cx, &mut capture);
+    let value = capture.0?;
+    if value.len() <= MAX_BAGGAGE_LEN && baggage.len() <= MAX_BAGGAGE_MEMBERS {
+        return Some((value, 0));
+    }
+    // Over a limit: encode member by member (in the same order the SDK
+    // wrote them) and keep the ones that fit.
+    let mut out = String::with_capacity(MAX_BAGGAGE_LEN);
+    let (mut kept, mut dropped) = (0usize, 0usize);
+    for (key, (value, metadata)) in baggage {
+        let single = opentelemetry::baggage::Baggage::from_iter([(
+            key.clone(),
+            (value.clone(), metadata.clone()),
+        )]);
+        let mut member = Capture::default();
+        BaggagePropagator::new().inject_context(&Context::new().with_baggage(single), &mut member);
+        let Some(member) = member.0 else {
+            dropped += 1;
+            continue;
+        };
+        let needed = member.len() + usize::from(kept > 0);
+        if kept == MAX_BAGGAGE_MEMBERS || out.len() + needed > MAX_BAGGAGE_LEN {
+            dropped += 1;
+            continue;
+        }
+        if kept > 0 {
+            out.push(',');
+        }
+        out.push_str(&member);
+        kept += 1;
+    }
+    (kept > 0).then_some((out, dropped))
+}
+
+/// What happened to an incoming `tracestate` or `baggage` value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ListIssue {
+    /// More list-members than W3C allows; the value was discarded.
+    TooManyMembers { members: usize, limit: usize },
+    /// Longer than any valid value can be; discarded.
+    TooLong { len: usize, limit: usize },
+    /// A member breaks the syntax; the value was discarded.
+    Invalid,
+    /// Entries were removed to keep the value within its length limit.
+    Truncated { dropped: usize, limit: usize },
+}
+
+impl ListIssue {
+    /// A note for the extraction record, e.g.
+    /// `"tracestate discarded: 40 list-members (W3C allows 32)"`.
+    pub(crate) fn note(&self, header: &str) -> String {
+        match *self {
+            Self::TooManyMembers { members, limit } => format!(
+                "{header} discarded: {members} list-members (W3C allows {limit}); the trace continues"
+            ),
+            Self::TooLong { len, limit } => format!(
+                "{header} discarded: {len} bytes (limit {limit}); the trace continues"
+            ),
+            Self::Invalid => {
+                format!("{header} discarded: not a valid W3C list; the trace continues")
+            }
+            Self::Truncated { dropped, limit } => format!(
+                "{header} truncated to {limit} characters: {dropped} entries removed, as W3C \
+                 specifies (longest first, then from the end)"
+            ),
+        }
+    }
+}
+
+/// The non-empty list-members of a `tracestate` value, OWS trimmed.
+fn tracestate_members(value: &str) -> impl Iterator<Item = &str> {
+    value
+        .split(',')
+        .map(|m| m.trim_matches([' ', '\t']))
+        .filter(|m| !m.is_empty())
+}
+
+/// Parses an incoming `tracestate` within the W3C limits.
+///
+/// Members are read the way the SDK's `TraceState::from_str` reads them and
+/// validated by `TraceState::from_key_value`, so a valid value of at most 32
+/// members and 512 characters gives exactly the SDK's result. An invalid
+/// value gives the empty trace state and an issue; the trace itself is
+/// never failed by its `tracestate`.
+pub(crate) fn parse_tracestate(value: &str) -> (TraceState, Option<ListIssue>) {
+    if value.len() > TRACESTATE_CEILING {
+        return (
+            TraceState::NONE,
+            Some(ListIssue::TooLong {
+                len: value.len(),
+                limit: TRACESTATE_CEILING,
+            }),
+        );
+    }
+    let mut members = 0usize;
+    for member in tracestate_members(value) {
+        members += 1;
+        if !member.contains('=') {
+            return (TraceState::NONE, Some(ListIssue::Invalid));
+        }
+    }
+    if members > MAX_TRACESTATE_MEMBERS {
+        return (
+            TraceState::NONE,
+            Some(ListIssue::TooManyMembers {
+                members,
+                limit: MAX_TRACESTATE_MEMBERS,
+            }),
+        );
+    }
+    let pairs = tracestate_members(value).map(|member| {
+        let (key, value) = member.split_at(member.find('=').unwrap_or(member.len()));
+        (key, value.trim_start_matches('='))
+    });
+    let Ok(trace_state) = TraceState::from_key_value(pairs) else {
+        return (TraceState::NONE, Some(ListIssue::Invalid));
+    };
+    if value.len() <= TRACESTATE_KEEP_LEN {
+        return (trace_state, None);
+    }
+    truncate_tracestate(trace_state)
+}
+
+/// Keeps `tracestate` within 512 characters the W3C way: whole entries,
+/// those over 128 characters first, then from the end.
+fn truncate_tracestate(trace_state: TraceState) -> (TraceState, Option<ListIssue>) {
+    let lens: Vec<usize> = trace_state
+        .into_iter()
+        .map(|(k, v)| k.len() + 1 + v.len())
+        .collect();
+    let header_len = |keep: &[bool]| {
+        let (len, n) = lens
+            .iter()
+            .zip(keep)
+            .filter(|(_, k)| **k)
+            .fold((0, 0), |(len, n), (l, _)| (len + l, n + 1));
+        len + n.max(1) - 1
+    };
+    let mut keep = vec![true; lens.len()];
+    if header_len(&keep) <= TRACESTATE_KEEP_LEN {
+        return (trace_state, None);
+    }
+    for (k, len) in keep.iter_mut().zip(&lens) {
+        if *len > TRACESTATE_LONG_ENTRY {
+            *k = false;
+        }
+    }
+    for i in (0..lens.len()).rev() {
+        if header_len(&keep) <= TRACESTATE_KEEP_LEN {
+            break;
+        }
+        keep[i] = false;
+    }
+    let dropped = keep.iter().filter(|k| !**k).count();
+    let kept = trace_state
+        .into_iter()
+        .zip(&keep)
+        .filter(|(_, k)| **k)
+        .map(|(e, _)| e);
+    // The entries were valid when parsed, so rebuilding cannot fail.
+    let truncated = TraceState::from_key_value(kept).unwrap_or_default();
+    (
+        truncated,
+        Some(ListIssue::Truncated {
+            dropped,
+            limit: TRACESTATE_KEEP_LEN,
+        }),
+    )
+}
+
+/// Adds the baggage of an incoming `baggage` value to `cx`, parsed by the
+/// SDK's `BaggagePropagator`. A value over 8192 bytes is discarded (the
+/// SDK does the same); the SDK keeps at most 64 members.
+pub(crate) fn extract_baggage(cx: Context, value: &str) -> (Context, Option<ListIssue>) {
+    if value.len() > MAX_BAGGAGE_LEN {
+        return (
+            cx,
+            Some(ListIssue::TooLong {
+                len: value.len(),
+                limit: MAX_BAGGAGE_LEN,
+            }),
+        );
+    }
+    (
+        BaggagePropagator::new().extract_with_context(&cx, &One(value)),
+        None,
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -184,6 +602,37 @@ mod tests {
             parse_traceparent("01-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01-extra")
                 .is_ok()
         );
+    }
+
+    #[test]
+    fn swar_hex_matches_a_byte_loop() {
+        let naive = |d: &[u8]| -> Option<u32> {
+            d.iter()
+                .try_fold(0u32, |n, &c| Some((n << 4) | u32::from(hex_digit(c)?)))
+        };
+        let base = *b"0123abcd";
+        for c in 0..=255u8 {
+            for at in 0..8 {
+                let mut d = base;
+                d[at] = c;
+                assert_eq!(hex8(&d), naive(&d), "{c:#x} at {at}");
+            }
+        }
+        assert_eq!(hex8(b"ffffffff"), Some(u32::MAX));
+        assert_eq!(hex8(b"00000000"), Some(0));
+        assert_eq!(hex8(b"0123456"), None);
+        assert_eq!(hex_u64(b"0af7651916cd43dd"), Some(0x0af7651916cd43dd));
+        assert_eq!(hex_u64(b"0af7651916cd43d"), None);
+    }
+
+    #[test]
+    fn formats_like_the_sdk() {
+        let buf = format_traceparent(
+            TraceId::from(0x0af7651916cd43dd8448eb211c80319c),
+            SpanId::from(0xb7ad6b7169203331),
+            TraceFlags::new(0x03),
+        );
+        assert_eq!(&buf[..], VALID.as_bytes());
     }
 
     #[test]
@@ -222,6 +671,553 @@ mod tests {
         ];
         for (value, expected) in cases {
             assert_eq!(parse_traceparent(value), Err(expected), "{value:?}");
+        }
+    }
+}
+
+/// The fast path against the SDK's `TraceContextPropagator` +
+/// `BaggagePropagator`, on random contexts and random (often broken) headers.
+#[cfg(test)]
+mod parity_tests {
+    use std::collections::HashMap;
+
+    use async_nats::HeaderMap;
+    use opentelemetry::baggage::{Baggage, BaggageExt};
+    use opentelemetry::propagation::{TextMapCompositePropagator, TextMapPropagator};
+    use opentelemetry::trace::{SpanContext, TraceContextExt};
+    use opentelemetry_sdk::propagation::TraceContextPropagator;
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::carrier::HeaderInjector;
+    use crate::extraction::{extract_w3c, ContextSource, NoContextReason};
+
+    fn sdk() -> TextMapCompositePropagator {
+        TextMapCompositePropagator::new(vec![
+            Box::new(TraceContextPropagator::new()),
+            Box::new(BaggagePropagator::new()),
+        ])
+    }
+
+    /// The hand-written way: exact-match lookups in the header map.
+    struct Exact<'a>(&'a HeaderMap);
+
+    impl Extractor for Exact<'_> {
+        fn get(&self, key: &str) -> Option<&str> {
+            self.0.get(key).map(|v| v.as_str())
+        }
+
+        fn keys(&self) -> Vec<&str> {
+            self.0.iter().map(|(k, _)| k.as_ref()).collect()
+        }
+    }
+
+    fn sorted_baggage(cx: &Context) -> Vec<(String, String, String)> {
+        let mut v: Vec<_> = cx
+            .baggage()
+            .iter()
+            .map(|(k, (v, m))| (k.to_string(), v.to_string(), m.as_str().to_owned()))
+            .collect();
+        v.sort();
+        v
+    }
+
+    fn tracestate_key() -> impl Strategy<Value = String> {
+        prop_oneof![
+            "[a-z][a-z0-9_*/-]{0,12}",
+            "[a-z0-9][a-z0-9_*/-]{0,8}@[a-z][a-z0-9_*/-]{0,6}",
+        ]
+    }
+
+    fn tracestate_value_str() -> impl Strategy<Value = String> {
+        "[!-+\\--<>-~]([ !-+\\--<>-~]{0,14}[!-+\\--<>-~])?"
+    }
+
+    fn trace_state() -> impl Strategy<Value = TraceState> {
+        prop::collection::vec((tracestate_key(), tracestate_value_str()), 0..=32).prop_map(|kvs| {
+            // Later duplicates of a key would make a different list; keep
+            // the first of each.
+            let mut seen = std::collections::HashSet::new();
+            let kvs: Vec<_> = kvs
+                .into_iter()
+                .filter(|(k, _)| seen.insert(k.clone()))
+                .collect();
+            TraceState::from_key_value(kvs).unwrap()
+        })
+    }
+
+    fn baggage() -> impl Strategy<Value = Baggage> {
+        prop::collection::vec(
+            (
+                "[a-zA-Z0-9!#$%&'*+.^_`|~-]{1,12}",
+                "\\PC{0,16}",
+                prop_oneof![Just(String::new()), "[a-z]{1,5}(=[a-z0-9]{1,5})?"],
+            ),
+            0..8,
+        )
+        .prop_map(|kvs| {
+            let mut b = Baggage::new();
+            for (k, v, m) in kvs {
+                b.insert_with_metadata(k, v, m);
+            }
+            b
+        })
+    }
+
+    fn context() -> impl Strategy<Value = Context> {
+        (
+            any::<u128>(),
+            any::<u64>(),
+            any::<u8>(),
+            any::<bool>(),
+            trace_state(),
+            baggage(),
+        )
+            .prop_map(|(t, s, f, remote, ts, b)| {
+                let sc = SpanContext::new(
+                    TraceId::from(t),
+                    SpanId::from(s),
+                    TraceFlags::new(f),
+                    remote,
+                    ts,
+                );
+                Context::new().with_remote_span_context(sc).with_baggage(b)
+            })
+    }
+
+    fn hex(n: usize) -> impl Strategy<Value = String> {
+        prop::collection::vec(prop::sample::select(&b"0123456789abcdef"[..]), n)
+            .prop_map(|v| String::from_utf8(v).unwrap())
+    }
+
+    /// Valid `traceparent`s, and the same with one random mutation.
+    fn traceparent() -> impl Strategy<Value = String> {
+        let version = prop_oneof![4 => Just("00".to_owned()), 1 => hex(2)];
+        let valid = || {
+            (
+                version.clone(),
+                hex(32),
+                hex(16),
+                hex(2),
+                "(-[a-z0-9-]{0,6})?",
+            )
+                .prop_map(|(v, t, s, f, rest)| {
+                    let rest = if v == "00" { String::new() } else { rest };
+                    format!("{v}-{t}-{s}-{f}{rest}")
+                })
+        };
+        let mutated = (
+            valid(),
+            any::<prop::sample::Index>(),
+            prop::sample::select(vec![
+                "A", "F", "g", "-", " ", "0", "+", "z", "", "00", "\t", "ff", "--",
+            ]),
+            0..5u8,
+        )
+            .prop_map(|(s, i, ins, op)| {
+                let at = i.index(s.len() + 1);
+                let mut s = s;
+                match op {
+                    0 => s.insert_str(at, ins),
+                    1 if at < s.len() => {
+                        s.replace_range(at..at + 1, ins);
+                    }
+                    2 => s.truncate(at),
+                    3 => s = s.to_ascii_uppercase(),
+                    _ => s.push_str(ins),
+                }
+                s
+            });
+        let zeros = Just("00-00000000000000000000000000000000-b7ad6b7169203331-01".to_owned());
+        prop_oneof![
+            4 => valid(),
+            6 => mutated,
+            1 => zeros,
+            1 => "[0-9a-fA-F +-]{0,60}",
+        ]
+    }
+
+    /// `tracestate` strings, valid or not, with optional whitespace.
+    fn tracestate_header() -> impl Strategy<Value = String> {
+        let member = prop_oneof![
+            8 => (tracestate_key(), tracestate_value_str()).prop_map(|(k, v)| format!("{k}={v}")),
+            1 => "[ -~]{0,10}",
+            1 => Just(String::new()),
+        ];
+        (
+            prop::collection::vec(member, 0..=34),
+            prop::sample::select(vec![",", ", ", " ,\t"]),
+        )
+            .prop_map(|(members, sep)| members.join(sep))
+    }
+
+    fn baggage_header() -> impl Strategy<Value = String> {
+        let member = prop_oneof![
+            6 => ("[a-zA-Z0-9_.-]{1,10}", "[a-zA-Z0-9%_ .-]{0,12}", "(;[a-z]{1,4}(=[a-z]{1,3})?)?")
+                .prop_map(|(k, v, m)| format!("{k}={v}{m}")),
+            1 => "[ -~]{0,12}",
+        ];
+        prop::collection::vec(member, 0..12).prop_map(|m| m.join(","))
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+        #[test]
+        fn inject_matches_sdk(cx in context()) {
+            let mut ours = HeaderMap::new();
+            let mut injector = HeaderInjector::new(&mut ours);
+            injector.inject_w3c(&cx);
+            prop_assert!(injector.skipped().is_empty());
+
+            let mut theirs: HashMap<String, String> = HashMap::new();
+            sdk().inject_context(&cx, &mut theirs);
+
+            for (name, value) in &theirs {
+                let got = ours.get(name.as_str()).map(|v| v.as_str());
+                if name == TRACESTATE && value.is_empty() {
+                    prop_assert_eq!(got, None, "empty tracestate is left out");
+                } else {
+                    prop_assert_eq!(got, Some(value.as_str()), "{}", name);
+                }
+            }
+            let expected = theirs
+                .iter()
+                .filter(|(n, v)| !(n.as_str() == TRACESTATE && v.is_empty()))
+                .count();
+            prop_assert_eq!(ours.len(), expected);
+        }
+
+        #[test]
+        fn extract_matches_sdk(
+            tp in prop::option::weighted(0.95, traceparent()),
+            ts in prop::option::of(tracestate_header()),
+            bg in prop::option::of(baggage_header()),
+        ) {
+            let mut headers = HeaderMap::new();
+            headers.insert("job-id", "7");
+            for (name, value) in [(TRACEPARENT, &tp), (TRACESTATE, &ts), (BAGGAGE, &bg)] {
+                if let Some(value) = value {
+                    headers.insert(name, value.as_str());
+                }
+            }
+            let (ours, record) = extract_w3c(&headers);
+            let theirs = sdk().extract_with_context(&Context::new(), &Exact(&headers));
+            let (o, t) = (ours.span().span_context().clone(), theirs.span().span_context().clone());
+
+            let w3c_valid = tp.as_deref().is_some_and(|v| parse_traceparent(v).is_ok());
+            prop_assert_eq!(o.is_valid(), w3c_valid);
+            prop_assert_eq!(record.source() == ContextSource::Headers, w3c_valid);
+            if o.is_valid() {
+                // Everything the fast path accepts, the SDK accepts the same way.
+                prop_assert!(t.is_valid());
+                prop_assert_eq!(o.trace_id(), t.trace_id());
+                prop_assert_eq!(o.span_id(), t.span_id());
+                prop_assert_eq!(o.trace_flags(), t.trace_flags());
+                prop_assert!(o.is_remote() && t.is_remote());
+                let raw_ts = ts.as_deref().unwrap_or("");
+                let segments = raw_ts.split_terminator(',').count();
+                if raw_ts.len() <= TRACESTATE_KEEP_LEN && segments <= MAX_TRACESTATE_MEMBERS {
+                    prop_assert_eq!(o.trace_state(), t.trace_state());
+                } else {
+                    prop_assert!(o.trace_state().header().len() <= TRACESTATE_KEEP_LEN);
+                }
+            } else {
+                let explained = !matches!(
+                    record.reason(),
+                    None | Some(NoContextReason::PropagatorRejected { .. })
+                );
+                prop_assert!(explained, "reason: {:?}", record.reason());
+            }
+            prop_assert_eq!(sorted_baggage(&ours), sorted_baggage(&theirs));
+        }
+    }
+
+    #[test]
+    fn sdk_leniencies_are_rejected() {
+        // The SDK accepts these; W3C does not.
+        for value in [
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-1",
+            "00-1-00f067aa0ba902b7-01",
+            "0-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "0A-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-+bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        ] {
+            let mut headers = HeaderMap::new();
+            headers.insert(TRACEPARENT, value);
+            let (cx, record) = extract_w3c(&headers);
+            assert!(!cx.span().span_context().is_valid(), "{value}");
+            assert_eq!(record.reason().unwrap().as_str(), "malformed_traceparent");
+            let sdk_cx = sdk().extract_with_context(&Context::new(), &Exact(&headers));
+            assert!(
+                sdk_cx.span().span_context().is_valid(),
+                "the SDK accepts {value}"
+            );
+        }
+    }
+}
+
+/// The W3C limits, both ways.
+#[cfg(test)]
+mod limit_tests {
+    use async_nats::HeaderMap;
+    use opentelemetry::baggage::{Baggage, BaggageExt};
+    use opentelemetry::trace::{SpanContext, TraceContextExt};
+
+    use super::*;
+    use crate::carrier::{HeaderInjector, InjectSkip};
+    use crate::extraction::{extract_w3c, ContextSource, NoContextReason};
+
+    const VALID: &str = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+
+    fn members(n: usize) -> String {
+        (0..n)
+            .map(|i| format!("k{i}=v{i}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    #[test]
+    fn tracestate_over_32_members_is_discarded_not_fatal() {
+        let (ts, issue) = parse_tracestate(&members(33));
+        assert_eq!(ts, TraceState::NONE);
+        assert_eq!(
+            issue,
+            Some(ListIssue::TooManyMembers {
+                members: 33,
+                limit: 32
+            })
+        );
+        let (ts, issue) = parse_tracestate(&members(32));
+        assert_eq!(ts.into_iter().len(), 32);
+        assert_eq!(issue, None);
+
+        let mut headers = HeaderMap::new();
+        headers.insert(TRACEPARENT, VALID);
+        headers.insert(TRACESTATE, members(40).as_str());
+        let (cx, record) = extract_w3c(&headers);
+        assert!(cx.span().span_context().is_valid());
+        assert_eq!(cx.span().span_context().trace_state(), &TraceState::NONE);
+        assert_eq!(record.source(), ContextSource::Headers);
+        assert!(
+            record.notes()[0].contains("40 list-members"),
+            "{:?}",
+            record.notes()
+        );
+    }
+
+    #[test]
+    fn huge_and_invalid_tracestate_are_discarded() {
+        let huge = format!("a={}", "x".repeat(60 * 1024));
+        assert!(matches!(
+            parse_tracestate(&huge),
+            (_, Some(ListIssue::TooLong { .. }))
+        ));
+        assert_eq!(
+            parse_tracestate("a=1,novalue"),
+            (TraceState::NONE, Some(ListIssue::Invalid))
+        );
+        assert_eq!(
+            parse_tracestate("A=1"),
+            (TraceState::NONE, Some(ListIssue::Invalid))
+        );
+        assert_eq!(parse_tracestate(""), (TraceState::NONE, None));
+    }
+
+    #[test]
+    fn tracestate_over_512_is_truncated_the_w3c_way() {
+        // 20 entries of 30 characters (600 with commas) and one long one.
+        let mut entries: Vec<String> = (0..20)
+            .map(|i| format!("k{i:02}={}", "v".repeat(26)))
+            .collect();
+        entries.insert(3, format!("long={}", "l".repeat(140)));
+        let (ts, issue) = parse_tracestate(&entries.join(","));
+        let header = ts.header();
+        assert!(header.len() <= TRACESTATE_KEEP_LEN, "{}", header.len());
+        assert!(ts.get("long").is_none(), "long entries go first");
+        assert!(ts.get("k00").is_some(), "then from the end");
+        assert!(ts.get("k19").is_none());
+        assert!(matches!(issue, Some(ListIssue::Truncated { .. })));
+    }
+
+    #[test]
+    fn inject_caps_baggage_at_8192_bytes_whole_members() {
+        let mut baggage = Baggage::new();
+        // 60 members of ~200 encoded bytes (é is 6 bytes encoded): ~12 KB.
+        for i in 0..60 {
+            baggage.insert(format!("key{i:02}"), "é".repeat(32));
+        }
+        let cx = Context::new().with_baggage(baggage);
+        let mut headers = HeaderMap::new();
+        let mut injector = HeaderInjector::new(&mut headers);
+        injector.inject_w3c(&cx);
+        let skipped = injector.into_skipped();
+        let value = headers.get(BAGGAGE).unwrap().as_str();
+        assert!(value.len() <= MAX_BAGGAGE_LEN);
+        let kept = value.split(',').count();
+        for member in value.split(',') {
+            let (key, encoded) = member.split_once('=').unwrap();
+            assert!(key.starts_with("key"));
+            assert_eq!(encoded.len(), 32 * 6, "members are whole");
+        }
+        assert_eq!(
+            skipped,
+            vec![InjectSkip::MembersDropped {
+                name: BAGGAGE.into(),
+                dropped: 60 - kept
+            }]
+        );
+    }
+
+    #[test]
+    fn generic_injector_caps_lists() {
+        let mut headers = HeaderMap::new();
+        let mut injector = HeaderInjector::new(&mut headers);
+        use opentelemetry::propagation::Injector;
+        injector.set(TRACESTATE, members(40));
+        let b = (0..200)
+            .map(|i| format!("k{i}=v"))
+            .collect::<Vec<_>>()
+            .join(",");
+        injector.set(BAGGAGE, b);
+        injector.set(
+            BAGGAGE.to_uppercase().as_str(),
+            format!("big={}", "x".repeat(9000)),
+        );
+        let skipped = injector.into_skipped();
+        assert_eq!(skipped.len(), 3, "{skipped:?}");
+        assert!(skipped[2].to_string().contains("8192 bytes"));
+        assert_eq!(headers.get(TRACESTATE).unwrap().as_str(), members(32));
+        // The oversize single member replaced nothing: the 180 stayed.
+        assert_eq!(
+            headers.get(BAGGAGE).unwrap().as_str().split(',').count(),
+            180
+        );
+    }
+
+    #[test]
+    fn inject_skips_empty_tracestate_and_absent_baggage() {
+        let sc = SpanContext::new(
+            TraceId::from(1),
+            SpanId::from(2),
+            TraceFlags::new(0xff),
+            false,
+            TraceState::NONE,
+        );
+        let mut headers = HeaderMap::new();
+        HeaderInjector::new(&mut headers).inject_w3c(&Context::new().with_remote_span_context(sc));
+        assert_eq!(headers.len(), 1);
+        assert_eq!(
+            headers.get(TRACEPARENT).unwrap().as_str(),
+            "00-00000000000000000000000000000001-0000000000000002-01"
+        );
+        // No valid span: nothing at all.
+        let mut headers = HeaderMap::new();
+        HeaderInjector::new(&mut headers).inject_w3c(&Context::new());
+        assert!(headers.is_empty());
+    }
+
+    #[test]
+    fn duplicate_traceparents_with_different_values_are_ambiguous() {
+        let other = "00-11111111111111111111111111111111-2222222222222222-01";
+        // Two values under one name.
+        let mut headers = HeaderMap::new();
+        headers.append(TRACEPARENT, VALID);
+        headers.append(TRACEPARENT, other);
+        let (cx, record) = extract_w3c(&headers);
+        assert!(!cx.span().span_context().is_valid());
+        let Some(NoContextReason::AmbiguousTraceparent {
+            headers: names,
+            values,
+        }) = record.reason()
+        else {
+            panic!("{record:?}");
+        };
+        assert_eq!(names.len(), 2);
+        assert!(values.contains(&VALID.to_owned()) && values.contains(&other.to_owned()));
+        assert!(record.reason().unwrap().to_string().contains("disagree"));
+
+        // Two casings.
+        let mut headers = HeaderMap::new();
+        headers.insert(TRACEPARENT, VALID);
+        headers.insert("Traceparent", other);
+        let (_, record) = extract_w3c(&headers);
+        assert_eq!(record.reason().unwrap().as_str(), "ambiguous_traceparent");
+        let (_, record) = crate::extraction::extract_headers(
+            &crate::propagator::PropagatorChoice::custom(
+                opentelemetry_sdk::propagation::TraceContextPropagator::new(),
+            ),
+            Some(&headers),
+        );
+        assert_eq!(record.reason().unwrap().as_str(), "ambiguous_traceparent");
+
+        // The same value twice (and in two casings) is fine; exact name wins.
+        let mut headers = HeaderMap::new();
+        headers.append("Traceparent", VALID);
+        headers.append("Traceparent", VALID);
+        headers.insert(TRACEPARENT, format!(" {VALID}").as_str());
+        let (cx, record) = extract_w3c(&headers);
+        assert!(cx.span().span_context().is_valid());
+        assert_eq!(record.header_name(), None);
+    }
+
+    #[test]
+    fn go_casing_and_baggage_without_span() {
+        let mut headers = HeaderMap::new();
+        headers.insert("Traceparent", VALID);
+        headers.insert("Tracestate", "congo=t61rcWkgMzE");
+        headers.insert("Baggage", "user=%C3%A9,tenant=7");
+        let (cx, record) = extract_w3c(&headers);
+        let sc = cx.span().span_context().clone();
+        assert!(sc.is_remote() && sc.is_sampled());
+        assert_eq!(sc.trace_state().get("congo"), Some("t61rcWkgMzE"));
+        assert_eq!(record.header_name(), Some("Traceparent"));
+        assert_eq!(
+            cx.baggage().get("user").map(|v| v.as_str().to_owned()),
+            Some("é".into())
+        );
+
+        let mut headers = HeaderMap::new();
+        headers.insert(BAGGAGE, "user=a");
+        let (cx, record) = extract_w3c(&headers);
+        assert_eq!(record.reason().unwrap().as_str(), "no_traceparent");
+        assert_eq!(cx.baggage().len(), 1);
+
+        let mut headers = HeaderMap::new();
+        headers.insert(TRACEPARENT, VALID);
+        headers.insert(BAGGAGE, format!("a={}", "x".repeat(9000)).as_str());
+        let (cx, record) = extract_w3c(&headers);
+        assert!(cx.span().span_context().is_valid());
+        assert!(cx.baggage().is_empty());
+        assert!(record.notes()[0].starts_with("baggage discarded"));
+    }
+
+    #[test]
+    fn hostile_values_never_panic() {
+        let weird = [
+            "",
+            " ",
+            "\u{0}\u{1}",
+            "ж",
+            "00-ж",
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-0ж",
+            "-----",
+            "ff-ff-ff-ff",
+        ];
+        for value in weird {
+            for name in [TRACEPARENT, TRACESTATE, BAGGAGE] {
+                let mut headers = HeaderMap::new();
+                headers.insert(TRACEPARENT, VALID);
+                headers.insert(name, value);
+                let _ = extract_w3c(&headers);
+                let _ = crate::extraction::extract_headers(
+                    &crate::propagator::PropagatorChoice::custom(
+                        opentelemetry_sdk::propagation::TraceContextPropagator::new(),
+                    ),
+                    Some(&headers),
+                );
+            }
         }
     }
 }
