@@ -57,6 +57,7 @@
 
 mod carrier;
 mod consume;
+mod diagnose;
 mod error;
 mod extraction;
 #[cfg(feature = "kv")]
@@ -72,6 +73,7 @@ pub use consume::{
     ConsumerItem, ContextExtractingConsumer, ContextExtractor, HandlerSpanError, JetStreamMeta,
     MessageContextExt, MessageMeta, TraceContextStreamExt,
 };
+pub use diagnose::{diagnose, diagnose_client, Finding};
 pub use error::InvalidHeader;
 pub use extraction::{ContextSource, ExtractionRecord, NoContextReason};
 #[cfg(feature = "kv")]
