@@ -55,6 +55,7 @@
 #![deny(unsafe_code, unreachable_pub)]
 #![warn(missing_docs, missing_debug_implementations)]
 
+pub mod attr;
 mod carrier;
 mod consume;
 mod diagnose;
@@ -63,15 +64,19 @@ mod extraction;
 #[cfg(feature = "kv")]
 #[cfg_attr(docsrs, doc(cfg(feature = "kv")))]
 pub mod fallback;
+mod filter;
+mod metrics;
 mod propagator;
 mod publish;
+#[cfg(feature = "jetstream")]
+mod settle;
 mod trace_carrier;
 mod w3c;
 
 pub use carrier::{HeaderExtractor, HeaderInjector, InjectSkip};
 pub use consume::{
     ConsumerItem, ContextExtractingConsumer, ContextExtractor, HandlerSpanError, JetStreamMeta,
-    MessageContextExt, MessageMeta, TraceContextStreamExt,
+    MessageContextExt, MessageMeta, Redelivery, TraceContextStreamExt,
 };
 pub use diagnose::{diagnose, diagnose_client, Finding};
 pub use error::InvalidHeader;
@@ -80,6 +85,7 @@ pub use extraction::{ContextSource, ExtractionRecord, NoContextReason};
 pub use fallback::{
     FallbackError, FallbackKey, KeyInput, KvFallback, KvFallbackLayer, KvWriteError, WriteFailure,
 };
+pub use filter::SubjectFilter;
 pub use propagator::global_propagator_is_noop;
 pub use publish::{
     CorePublisher, Publish, PublishMessage, PublishParts, Requester, ResponseFuture,
@@ -87,5 +93,12 @@ pub use publish::{
 };
 #[cfg(feature = "jetstream")]
 pub use publish::{JetStreamPublisher, JetStreamSender};
+#[cfg(feature = "jetstream")]
+pub use settle::SettleExt;
 pub use trace_carrier::TraceCarrier;
 pub use w3c::{check_traceparent, TraceparentProblem, BAGGAGE, TRACEPARENT, TRACESTATE};
+
+/// The README's code, compiled as doc tests so it cannot drift from the API.
+#[cfg(all(doctest, feature = "kv"))]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
