@@ -79,7 +79,10 @@ pub(crate) fn process_context(
     options.metrics.extracted(&record);
     let subject = meta.subject;
     if options.disabled {
-        if let Some(reason) = record.reason().filter(|_| record.source() == ContextSource::None) {
+        if let Some(reason) = record
+            .reason()
+            .filter(|_| record.source() == ContextSource::None)
+        {
             warn::no_context(subject, reason);
         }
         return remote.with_value(record);
@@ -110,7 +113,10 @@ pub(crate) fn process_context(
     );
     let mut redelivered = false;
     if let Some(js) = &meta.jetstream {
-        span.set_attribute(semconv::MESSAGING_CONSUMER_GROUP_NAME, js.consumer.to_owned());
+        span.set_attribute(
+            semconv::MESSAGING_CONSUMER_GROUP_NAME,
+            js.consumer.to_owned(),
+        );
         span.set_attribute(
             semconv::MESSAGING_DESTINATION_SUBSCRIPTION_NAME,
             js.consumer.to_owned(),
@@ -124,10 +130,7 @@ pub(crate) fn process_context(
 
     // The parent must be set before anything starts the span.
     let remote_span = remote.span().span_context().clone();
-    if redelivered
-        && options.redelivery == Redelivery::NewTraceWithLink
-        && remote_span.is_valid()
-    {
+    if redelivered && options.redelivery == Redelivery::NewTraceWithLink && remote_span.is_valid() {
         let _ = span.set_parent(Context::new());
         span.add_link(remote_span);
     } else {

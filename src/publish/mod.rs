@@ -16,9 +16,9 @@ mod request;
 mod service;
 
 pub use client::{CorePublisher, Requester};
-pub use future::ResponseFuture;
 #[cfg(feature = "jetstream")]
 pub(crate) use future::record_error_type;
+pub use future::ResponseFuture;
 #[cfg(feature = "jetstream")]
 #[cfg_attr(docsrs, doc(cfg(feature = "jetstream")))]
 pub use jetstream::{JetStreamPublisher, JetStreamSender};

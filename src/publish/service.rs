@@ -10,10 +10,10 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 use super::future::ResponseFuture;
 use super::layer::TracePropagationLayer;
 use super::request::PublishMessage;
-use crate::consume::span::capture_headers;
-use opentelemetry_semantic_conventions::attribute as semconv;
 use crate::carrier::{find_header, HeaderInjector};
+use crate::consume::span::capture_headers;
 use crate::w3c::TRACEPARENT;
+use opentelemetry_semantic_conventions::attribute as semconv;
 
 /// The NATS header JetStream uses for de-duplication; recorded as the
 /// message id.
