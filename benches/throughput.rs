@@ -1,2 +1,747 @@
-//! Placeholder until the benchmark lands.
-fn main() {}
+//! Throughput against a real nats-server, each figure side by side with the raw
+//! async-nats way of doing the same thing, in one run.
+//!
+//! ```text
+//! cargo xtask install-server            # once: the pinned nats-server under target/
+//! cargo bench --bench throughput
+//! ```
+//!
+//! The benchmark starts its own nats-server (see `tests/support/server.rs` for how the binary
+//! is found; `NATS_SERVER_BIN` overrides it). Each pair runs alternately (A then B, then B then
+//! A, ...) for `ROUNDS` rounds; the table shows the median rate of each side and the median of
+//! the per-round ratios. Settings (environment variables):
+//!
+//! | variable | default | meaning |
+//! |---|---|---|
+//! | `NATS_OTEL_BENCH_ROUNDS` | 5 | rounds per pair |
+//! | `NATS_OTEL_BENCH_MESSAGES` | 100000 | core publish and consume, per run |
+//! | `NATS_OTEL_BENCH_JS_MESSAGES` | 20000 | JetStream publish, per run |
+//! | `NATS_OTEL_BENCH_KV_MESSAGES` | 5000 | KV write-through, per run |
+//! | `NATS_OTEL_BENCH_WINDOW` | 256 | JetStream acks in flight (KV: a quarter of it) |
+//! | `NATS_OTEL_BENCH_RSS_MESSAGES` | 1000000 | messages consumed for the RSS check |
+//! | `NATS_OTEL_BENCH_PAYLOAD` | 128 | payload bytes |
+//! | `NATS_OTEL_BENCH_ONLY` | (all) | comma-separated subset: `core`, `core_sampled`, `core_nospans`, `js`, `consume`, `kv`, `rss` |
+//!
+//! Under `cargo test --benches` (no `--bench` argument) it does nothing.
+
+#[path = "../tests/support/server.rs"]
+mod server;
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, consumer, stream};
+use async_nats::{HeaderMap, Subject};
+use bytes::Bytes;
+use futures::stream::FuturesUnordered;
+use futures::StreamExt;
+use nats_otel::{
+    ContextSource, CorePublisher, FallbackKey, JetStreamPublisher, JetStreamSender, KvFallback,
+    MessageContextExt, Publish, TraceContextStreamExt, TracePropagationLayer,
+};
+use opentelemetry::propagation::{Extractor, TextMapPropagator};
+use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
+use opentelemetry_sdk::error::OTelSdkResult;
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::{
+    BatchSpanProcessor, Sampler, SdkTracerProvider, SpanData, SpanExporter,
+};
+use tower::{Layer, Service, ServiceExt};
+use tracing::Dispatch;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+use tracing_subscriber::layer::SubscriberExt;
+
+type Error = Box<dyn std::error::Error + Send + Sync>;
+type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// A traceparent of the length the layer writes, for the raw side.
+const TRACEPARENT: &str = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00";
+
+struct Settings {
+    rounds: usize,
+    messages: usize,
+    js_messages: usize,
+    kv_messages: usize,
+    window: usize,
+    rss_messages: usize,
+    payload: usize,
+}
+
+fn env(name: &str, default: usize) -> usize {
+    match std::env::var(name) {
+        Ok(v) => v
+            .parse()
+            .unwrap_or_else(|_| panic!("{name}={v:?} is not a number")),
+        Err(_) => default,
+    }
+}
+
+impl Settings {
+    fn from_env() -> Self {
+        Self {
+            rounds: env("NATS_OTEL_BENCH_ROUNDS", 5).max(1),
+            messages: env("NATS_OTEL_BENCH_MESSAGES", 100_000).max(1),
+            js_messages: env("NATS_OTEL_BENCH_JS_MESSAGES", 20_000).max(1),
+            kv_messages: env("NATS_OTEL_BENCH_KV_MESSAGES", 5_000).max(1),
+            window: env("NATS_OTEL_BENCH_WINDOW", 256).max(1),
+            rss_messages: env("NATS_OTEL_BENCH_RSS_MESSAGES", 1_000_000),
+            payload: env("NATS_OTEL_BENCH_PAYLOAD", 128),
+        }
+    }
+}
+
+/// Drops every span.
+#[derive(Debug)]
+struct NoopExporter;
+
+impl SpanExporter for NoopExporter {
+    async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
+        drop(batch);
+        Ok(())
+    }
+}
+
+/// A tracing dispatch with an OpenTelemetry layer: spans unsampled, or all
+/// sampled into a batch processor with a no-op exporter.
+fn dispatch(sampled: bool) -> (Dispatch, SdkTracerProvider) {
+    let provider = if sampled {
+        SdkTracerProvider::builder()
+            .with_sampler(Sampler::AlwaysOn)
+            .with_span_processor(BatchSpanProcessor::builder(NoopExporter).build())
+            .build()
+    } else {
+        SdkTracerProvider::builder()
+            .with_sampler(Sampler::AlwaysOff)
+            .build()
+    };
+    let subscriber = tracing_subscriber::registry()
+        .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("nats-otel-bench")))
+        .with(tracing_subscriber::filter::LevelFilter::INFO);
+    (Dispatch::new(subscriber), provider)
+}
+
+fn raw_headers(extra: Option<(&str, &str)>) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    headers.insert("traceparent", TRACEPARENT);
+    if let Some((name, value)) = extra {
+        headers.insert(name, value);
+    }
+    headers
+}
+
+/// One row of the table.
+struct Row {
+    name: &'static str,
+    ours: Vec<f64>,
+    raw: Vec<f64>,
+    ratios: Vec<f64>,
+    target: &'static str,
+}
+
+fn median(values: &[f64]) -> f64 {
+    let mut v = values.to_vec();
+    v.sort_by(|a, b| a.total_cmp(b));
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+/// Runs `ours` and `raw` alternately for `rounds` rounds; each returns the
+/// time it took for `count` messages.
+async fn pair<A, FA, B, FB>(
+    name: &'static str,
+    target: &'static str,
+    rounds: usize,
+    count: usize,
+    mut ours: A,
+    mut raw: B,
+) -> Result<Row>
+where
+    A: FnMut() -> FA,
+    FA: Future<Output = Result<Duration>>,
+    B: FnMut() -> FB,
+    FB: Future<Output = Result<Duration>>,
+{
+    // One unmeasured run of each to warm up connections, streams and caches.
+    ours().await?;
+    raw().await?;
+    let rate = |d: Duration| count as f64 / d.as_secs_f64();
+    let mut row = Row {
+        name,
+        ours: Vec::new(),
+        raw: Vec::new(),
+        ratios: Vec::new(),
+        target,
+    };
+    for round in 0..rounds {
+        let (o, r) = if round % 2 == 0 {
+            let o = ours().await?;
+            (o, raw().await?)
+        } else {
+            let r = raw().await?;
+            (ours().await?, r)
+        };
+        row.ours.push(rate(o));
+        row.raw.push(rate(r));
+        row.ratios.push(rate(o) / rate(r));
+    }
+    eprintln!(
+        "{name}: ours {:.0} msg/s, raw {:.0} msg/s, ratio {:.3}",
+        median(&row.ours),
+        median(&row.raw),
+        median(&row.ratios)
+    );
+    Ok(row)
+}
+
+/// Runs `f` on `rt` with `dispatch` as the default subscriber.
+fn with_dispatch<T>(
+    dispatch: &Dispatch,
+    rt: &tokio::runtime::Runtime,
+    f: impl Future<Output = T>,
+) -> T {
+    tracing::dispatcher::with_default(dispatch, || rt.block_on(f))
+}
+
+/// How the layer is set up for a core publish row.
+#[derive(Clone, Copy, PartialEq)]
+enum Producer {
+    /// A PRODUCER span per message (the default).
+    Spans,
+    /// `producer_spans(false)`: the caller's context is injected as is
+    /// (given explicitly with `Publish::context`).
+    NoSpans,
+}
+
+async fn core_publish(
+    client: &async_nats::Client,
+    s: &Settings,
+    payload: &Bytes,
+    producer: Producer,
+    name: &'static str,
+    target: &'static str,
+) -> Result<Row> {
+    let subject = Subject::from("bench.core");
+    let headers = raw_headers(None);
+    let n = s.messages;
+    // The caller's context, for `Producer::NoSpans`: what a traced request
+    // handler would hold.
+    let parent = opentelemetry::Context::new().with_remote_span_context(
+        opentelemetry::trace::SpanContext::new(
+            opentelemetry::trace::TraceId::from(0x0af7651916cd43dd8448eb211c80319c),
+            opentelemetry::trace::SpanId::from(0xb7ad6b7169203331),
+            opentelemetry::trace::TraceFlags::default(),
+            false,
+            opentelemetry::trace::TraceState::NONE,
+        ),
+    );
+    pair(
+        name,
+        target,
+        s.rounds,
+        n,
+        || async {
+            let layer = TracePropagationLayer::new().producer_spans(producer == Producer::Spans);
+            let mut svc = layer.layer(CorePublisher::new(client.clone()));
+            let start = Instant::now();
+            for _ in 0..n {
+                let mut publish = Publish::new(subject.clone(), payload.clone());
+                if producer == Producer::NoSpans {
+                    publish = publish.context(parent.clone());
+                }
+                svc.ready().await?.call(publish).await?;
+            }
+            client.flush().await?;
+            Ok(start.elapsed())
+        },
+        || async {
+            let start = Instant::now();
+            for _ in 0..n {
+                client
+                    .publish_with_headers(subject.clone(), headers.clone(), payload.clone())
+                    .await?;
+            }
+            client.flush().await?;
+            Ok(start.elapsed())
+        },
+    )
+    .await
+}
+
+async fn jetstream_publish(js: &jetstream::Context, s: &Settings, payload: &Bytes) -> Result<Row> {
+    let subject = Subject::from("bench.js");
+    let headers = raw_headers(None);
+    let (n, window) = (s.js_messages, s.window);
+    pair(
+        "JetStream publish, acks pipelined (unsampled)",
+        ">= 0.95",
+        s.rounds,
+        n,
+        || async {
+            let mut svc = TracePropagationLayer::new().layer(JetStreamSender::new(js.clone()));
+            let mut acks = VecDeque::with_capacity(window);
+            let start = Instant::now();
+            for _ in 0..n {
+                let ack = svc
+                    .ready()
+                    .await?
+                    .call(Publish::new(subject.clone(), payload.clone()))
+                    .await?;
+                acks.push_back(ack);
+                if acks.len() >= window {
+                    if let Some(ack) = acks.pop_front() {
+                        ack.await?;
+                    }
+                }
+            }
+            for ack in acks {
+                ack.await?;
+            }
+            Ok(start.elapsed())
+        },
+        || async {
+            let mut acks = VecDeque::with_capacity(window);
+            let start = Instant::now();
+            for _ in 0..n {
+                let ack = js
+                    .publish_with_headers(subject.clone(), headers.clone(), payload.clone())
+                    .await?;
+                acks.push_back(ack);
+                if acks.len() >= window {
+                    if let Some(ack) = acks.pop_front() {
+                        ack.await?;
+                    }
+                }
+            }
+            for ack in acks {
+                ack.await?;
+            }
+            Ok(start.elapsed())
+        },
+    )
+    .await
+}
+
+/// The hand-written extractor: exact-match `HeaderMap::get`.
+struct PlainExtractor<'a>(Option<&'a HeaderMap>);
+
+impl Extractor for PlainExtractor<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0?.get(key).map(|v| v.as_str())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0
+            .map(|h| h.iter().map(|(k, _)| k.as_ref()).collect())
+            .unwrap_or_default()
+    }
+}
+
+/// Publishes `count` messages with a traceparent to `subject` and waits
+/// until the consumer's client has them all buffered.
+async fn fill(
+    publisher: &async_nats::Client,
+    consumer: &async_nats::Client,
+    subject: &Subject,
+    count: usize,
+    payload: &Bytes,
+) -> Result<()> {
+    let headers = raw_headers(None);
+    for _ in 0..count {
+        publisher
+            .publish_with_headers(subject.clone(), headers.clone(), payload.clone())
+            .await?;
+    }
+    publisher.flush().await?;
+    // The server answers this PING after the messages it queued for the
+    // consumer before it; the client reads in order.
+    consumer.flush().await?;
+    Ok(())
+}
+
+/// Messages per chunk: published, buffered, then consumed (timed).
+const CHUNK: usize = 10_000;
+
+async fn consume(
+    publisher: &async_nats::Client,
+    consumer: &async_nats::Client,
+    s: &Settings,
+    payload: &Bytes,
+) -> Result<Row> {
+    let subject = Subject::from("bench.consume");
+    let n = s.messages;
+    pair(
+        "consume: adapter vs raw subscriber + manual extraction (unsampled)",
+        ">= 0.95",
+        s.rounds,
+        n,
+        || async {
+            let mut messages = consumer
+                .subscribe(subject.clone())
+                .await?
+                .with_trace_context();
+            consumer.flush().await?;
+            let mut elapsed = Duration::ZERO;
+            let mut left = n;
+            while left > 0 {
+                let chunk = left.min(CHUNK);
+                fill(publisher, consumer, &subject, chunk, payload).await?;
+                let start = Instant::now();
+                for _ in 0..chunk {
+                    let (message, cx) = messages.next().await.ok_or("subscription ended")?;
+                    std::hint::black_box((&message, &cx));
+                }
+                elapsed += start.elapsed();
+                left -= chunk;
+            }
+            Ok(elapsed)
+        },
+        || async {
+            let propagator = TraceContextPropagator::new();
+            let mut messages = consumer.subscribe(subject.clone()).await?;
+            consumer.flush().await?;
+            let mut elapsed = Duration::ZERO;
+            let mut left = n;
+            while left > 0 {
+                let chunk = left.min(CHUNK);
+                fill(publisher, consumer, &subject, chunk, payload).await?;
+                let start = Instant::now();
+                for _ in 0..chunk {
+                    let message = messages.next().await.ok_or("subscription ended")?;
+                    // The hand-written way: extract with the SDK, start a
+                    // CONSUMER span under the remote parent.
+                    let remote = propagator.extract(&PlainExtractor(message.headers.as_ref()));
+                    let span = tracing::info_span!(
+                        "process",
+                        otel.name = format!("process {}", message.subject),
+                        otel.kind = "consumer",
+                        messaging.system = "nats",
+                        messaging.destination.name = message.subject.as_str(),
+                    );
+                    let _ = span.set_parent(remote);
+                    std::hint::black_box((&message, &span));
+                }
+                elapsed += start.elapsed();
+                left -= chunk;
+            }
+            Ok(elapsed)
+        },
+    )
+    .await
+}
+
+async fn kv_write_through(
+    js: &jetstream::Context,
+    s: &Settings,
+    payload: &Bytes,
+) -> Result<(Row, u64, usize)> {
+    let store = KvFallback::open_bucket(js, "bench_carriers").await?;
+    let fallback = KvFallback::new(store, FallbackKey::header("Job-Id"));
+    let subject = Subject::from("bench.kv");
+    let (n, window) = (s.kv_messages, (s.window / 4).max(1));
+    let row = pair(
+        "KV fallback write-through vs plain JetStream publish (unsampled)",
+        ">= 0.45",
+        s.rounds,
+        n,
+        || async {
+            let mut svc = TracePropagationLayer::new()
+                .fallback(fallback.clone())
+                .layer(JetStreamPublisher::new(js.clone()));
+            let mut in_flight = FuturesUnordered::new();
+            let start = Instant::now();
+            for i in 0..n {
+                let publish = Publish::new(subject.clone(), payload.clone())
+                    .header("Job-Id", &format!("job-{i}"))?;
+                in_flight.push(svc.ready().await?.call(publish));
+                if in_flight.len() >= window {
+                    in_flight.next().await.ok_or("no future")??;
+                }
+            }
+            while let Some(done) = in_flight.next().await {
+                done?;
+            }
+            Ok(start.elapsed())
+        },
+        || async {
+            let mut in_flight = FuturesUnordered::new();
+            let start = Instant::now();
+            for i in 0..n {
+                let headers = raw_headers(Some(("Job-Id", &format!("job-{i}"))));
+                let js = js.clone();
+                let (subject, payload) = (subject.clone(), payload.clone());
+                in_flight.push(async move {
+                    js.publish_with_headers(subject, headers, payload)
+                        .await?
+                        .await
+                });
+                if in_flight.len() >= window {
+                    in_flight.next().await.ok_or("no future")??;
+                }
+            }
+            while let Some(done) = in_flight.next().await {
+                done?;
+            }
+            Ok(start.elapsed())
+        },
+    )
+    .await?;
+
+    // Consume what was written through the layer, headers intact, with the
+    // fallback configured: it must never be read.
+    let stream = js.get_stream("BENCH_KV").await?;
+    let pull = stream
+        .create_consumer(consumer::pull::Config {
+            ack_policy: consumer::AckPolicy::None,
+            filter_subject: "bench.kv".into(),
+            ..Default::default()
+        })
+        .await?;
+    let total = stream.cached_info().state.messages as usize;
+    let mut messages = pull
+        .messages()
+        .await?
+        .with_trace_context()
+        .fallback(fallback.clone());
+    let mut from_headers = 0;
+    for _ in 0..total {
+        let (_, cx) = messages.next().await.ok_or("consumer ended")??;
+        if cx.extraction().map(|r| r.source()) == Some(ContextSource::Headers) {
+            from_headers += 1;
+        }
+    }
+    let reads = fallback.stats().reads;
+    Ok((row, reads, from_headers))
+}
+
+fn vm_rss_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+/// Publishes and consumes `count` messages through `messages`, by chunks.
+async fn drain<S>(
+    messages: &mut S,
+    publisher: &async_nats::Client,
+    consumer: &async_nats::Client,
+    subject: &Subject,
+    count: usize,
+    payload: &Bytes,
+) -> Result<()>
+where
+    S: futures::Stream<Item = (async_nats::Message, opentelemetry::Context)> + Unpin,
+{
+    let mut left = count;
+    while left > 0 {
+        let chunk = left.min(CHUNK);
+        fill(publisher, consumer, subject, chunk, payload).await?;
+        for _ in 0..chunk {
+            let (message, cx) = messages.next().await.ok_or("subscription ended")?;
+            std::hint::black_box((&message, &cx));
+        }
+        left -= chunk;
+    }
+    Ok(())
+}
+
+/// RSS before and after consuming `count` messages through the adapter.
+async fn rss(
+    publisher: &async_nats::Client,
+    consumer: &async_nats::Client,
+    count: usize,
+    payload: &Bytes,
+) -> Result<(u64, u64, Duration)> {
+    let subject = Subject::from("bench.rss");
+    let mut messages = consumer
+        .subscribe(subject.clone())
+        .await?
+        .with_trace_context();
+    consumer.flush().await?;
+    // Warm up: allocator pools, channel buffers, span machinery.
+    drain(
+        &mut messages,
+        publisher,
+        consumer,
+        &subject,
+        5 * CHUNK,
+        payload,
+    )
+    .await?;
+    let before = vm_rss_kib().ok_or("no VmRSS in /proc/self/status")?;
+    let start = Instant::now();
+    drain(&mut messages, publisher, consumer, &subject, count, payload).await?;
+    let took = start.elapsed();
+    let after = vm_rss_kib().ok_or("no VmRSS in /proc/self/status")?;
+    Ok((before, after, took))
+}
+
+fn print_table(rows: &[Row], s: &Settings) {
+    println!();
+    println!(
+        "| scenario | nats_otel (msg/s, median) | raw async-nats (msg/s, median) | ratio (median of {} paired rounds) | target |",
+        s.rounds
+    );
+    println!("|---|---:|---:|---:|---|");
+    for row in rows {
+        println!(
+            "| {} | {:.0} | {:.0} | {:.3} | {} |",
+            row.name,
+            median(&row.ours),
+            median(&row.raw),
+            median(&row.ratios),
+            row.target
+        );
+    }
+}
+
+fn main() -> Result<()> {
+    if !std::env::args().any(|a| a == "--bench") {
+        println!("throughput: skipped (run it with `cargo bench --bench throughput`)");
+        return Ok(());
+    }
+    let s = Settings::from_env();
+    let server = server::NatsServer::start();
+    eprintln!(
+        "nats-server {} at {}; rounds {}, messages {}, JetStream {}, KV {}, window {}, payload {} B",
+        server.version(),
+        server.url(),
+        s.rounds,
+        s.messages,
+        s.js_messages,
+        s.kv_messages,
+        s.window,
+        s.payload
+    );
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let (unsampled, unsampled_provider) = dispatch(false);
+    let (sampled, sampled_provider) = dispatch(true);
+    let payload = Bytes::from(vec![b'x'; s.payload]);
+
+    let (publisher, consumer, js) = rt.block_on(async {
+        let publisher = async_nats::connect(server.url()).await?;
+        let consumer = async_nats::ConnectOptions::new()
+            .subscription_capacity(2 * CHUNK + 1024)
+            .connect(server.url())
+            .await?;
+        let js = jetstream::new(publisher.clone());
+        for (name, subject) in [("BENCH_JS", "bench.js"), ("BENCH_KV", "bench.kv")] {
+            js.create_stream(stream::Config {
+                name: name.into(),
+                subjects: vec![subject.into()],
+                storage: stream::StorageType::Memory,
+                max_messages: 200_000,
+                ..Default::default()
+            })
+            .await?;
+        }
+        Result::<_>::Ok((publisher, consumer, js))
+    })?;
+
+    let only = std::env::var("NATS_OTEL_BENCH_ONLY").unwrap_or_default();
+    let run = |key: &str| only.is_empty() || only.split(',').any(|k| k.trim() == key);
+    let mut rows = Vec::new();
+    if run("core") {
+        rows.push(with_dispatch(
+            &unsampled,
+            &rt,
+            core_publish(
+                &publisher,
+                &s,
+                &payload,
+                Producer::Spans,
+                "core publish (spans unsampled)",
+                ">= 0.95",
+            ),
+        )?);
+    }
+    if run("core_sampled") {
+        rows.push(with_dispatch(
+            &sampled,
+            &rt,
+            core_publish(
+                &publisher,
+                &s,
+                &payload,
+                Producer::Spans,
+                "core publish (spans sampled, batch exporter to a no-op exporter)",
+                ">= 0.80",
+            ),
+        )?);
+    }
+    if run("core_nospans") {
+        rows.push(with_dispatch(
+            &unsampled,
+            &rt,
+            core_publish(
+                &publisher,
+                &s,
+                &payload,
+                Producer::NoSpans,
+                "core publish, producer_spans(false): inject the caller's context only",
+                "(floor of the layer)",
+            ),
+        )?);
+    }
+    if run("js") {
+        rows.push(with_dispatch(
+            &unsampled,
+            &rt,
+            jetstream_publish(&js, &s, &payload),
+        )?);
+    }
+    if run("consume") {
+        rows.push(with_dispatch(
+            &unsampled,
+            &rt,
+            consume(&publisher, &consumer, &s, &payload),
+        )?);
+    }
+    let kv = if run("kv") {
+        let (row, reads, from_headers) =
+            with_dispatch(&unsampled, &rt, kv_write_through(&js, &s, &payload))?;
+        rows.push(row);
+        Some((reads, from_headers))
+    } else {
+        None
+    };
+    let rss = if s.rss_messages > 0 && run("rss") {
+        Some(with_dispatch(
+            &unsampled,
+            &rt,
+            rss(&publisher, &consumer, s.rss_messages, &payload),
+        )?)
+    } else {
+        None
+    };
+
+    print_table(&rows, &s);
+    println!();
+    if let Some((kv_reads, from_headers)) = kv {
+        println!(
+            "KV reads while consuming {from_headers} messages with intact headers (fallback configured): {kv_reads} (target: 0)"
+        );
+    }
+    if let Some((before, after, took)) = rss {
+        let growth = after as i64 - before as i64;
+        println!(
+            "RSS consuming {} messages through the adapter: {:.1} MiB before, {:.1} MiB after, growth {:.2} MiB in {:.1} s (target: < 5 MiB)",
+            s.rss_messages,
+            before as f64 / 1024.0,
+            after as f64 / 1024.0,
+            growth as f64 / 1024.0,
+            took.as_secs_f64()
+        );
+    }
+    let _ = sampled_provider.shutdown();
+    let _ = unsampled_provider.shutdown();
+    Ok(())
+}
