@@ -363,8 +363,17 @@ async fn fill(
     Ok(())
 }
 
+/// The next item, or an error after 10 s: a lost message must fail the
+/// benchmark, not hang it.
+async fn next<S: futures::Stream + Unpin>(stream: &mut S) -> Result<S::Item> {
+    tokio::time::timeout(Duration::from_secs(10), stream.next())
+        .await
+        .map_err(|_| "no message for 10 s (lost?)")?
+        .ok_or_else(|| "the subscription ended".into())
+}
+
 /// Messages per chunk: published, buffered, then consumed (timed).
-const CHUNK: usize = 10_000;
+const CHUNK: usize = 5_000;
 
 async fn consume(
     publisher: &async_nats::Client,
@@ -392,7 +401,7 @@ async fn consume(
                 fill(publisher, consumer, &subject, chunk, payload).await?;
                 let start = Instant::now();
                 for _ in 0..chunk {
-                    let (message, cx) = messages.next().await.ok_or("subscription ended")?;
+                    let (message, cx) = next(&mut messages).await?;
                     std::hint::black_box((&message, &cx));
                 }
                 elapsed += start.elapsed();
@@ -411,7 +420,7 @@ async fn consume(
                 fill(publisher, consumer, &subject, chunk, payload).await?;
                 let start = Instant::now();
                 for _ in 0..chunk {
-                    let message = messages.next().await.ok_or("subscription ended")?;
+                    let message = next(&mut messages).await?;
                     // The hand-written way: extract with the SDK, start a
                     // CONSUMER span under the remote parent.
                     let remote = propagator.extract(&PlainExtractor(message.headers.as_ref()));
@@ -509,7 +518,7 @@ async fn kv_write_through(
         .fallback(fallback.clone());
     let mut from_headers = 0;
     for _ in 0..total {
-        let (_, cx) = messages.next().await.ok_or("consumer ended")??;
+        let (_, cx) = next(&mut messages).await??;
         if cx.extraction().map(|r| r.source()) == Some(ContextSource::Headers) {
             from_headers += 1;
         }
@@ -543,7 +552,7 @@ where
         let chunk = left.min(CHUNK);
         fill(publisher, consumer, subject, chunk, payload).await?;
         for _ in 0..chunk {
-            let (message, cx) = messages.next().await.ok_or("subscription ended")?;
+            let (message, cx) = next(messages).await?;
             std::hint::black_box((&message, &cx));
         }
         left -= chunk;
@@ -607,7 +616,13 @@ fn main() -> Result<()> {
         return Ok(());
     }
     let s = Settings::from_env();
-    let server = server::NatsServer::start();
+    // A generous write deadline: the benchmark's single-threaded client can
+    // be descheduled on a busy 2-core machine, and the default (10 s on
+    // 2.15, 2 s on older servers) would cut it off as a slow consumer.
+    let server = server::NatsServer::builder()
+        .config("write_deadline: \"60s\"\nmax_pending: 268435456\n")
+        .wait_healthy(true)
+        .start();
     eprintln!(
         "nats-server {} at {}; rounds {}, messages {}, JetStream {}, KV {}, window {}, payload {} B",
         server.version(),
@@ -630,6 +645,9 @@ fn main() -> Result<()> {
         let publisher = async_nats::connect(server.url()).await?;
         let consumer = async_nats::ConnectOptions::new()
             .subscription_capacity(2 * CHUNK + 1024)
+            .event_callback(|event| async move {
+                eprintln!("consumer connection event: {event}");
+            })
             .connect(server.url())
             .await?;
         let js = jetstream::new(publisher.clone());
