@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! cargo xtask install-server            # once: the pinned nats-server under target/
-//! cargo bench --bench throughput
+//! cargo bench --features kv --bench throughput
 //! ```
 //!
 //! The benchmark starts its own nats-server (see `tests/support/server.rs` for how the binary
@@ -612,7 +612,7 @@ fn print_table(rows: &[Row], s: &Settings) {
 
 fn main() -> Result<()> {
     if !std::env::args().any(|a| a == "--bench") {
-        println!("throughput: skipped (run it with `cargo bench --bench throughput`)");
+        println!("throughput: skipped (run it with `cargo bench --features kv --bench throughput`)");
         return Ok(());
     }
     let s = Settings::from_env();
