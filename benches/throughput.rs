@@ -612,7 +612,9 @@ fn print_table(rows: &[Row], s: &Settings) {
 
 fn main() -> Result<()> {
     if !std::env::args().any(|a| a == "--bench") {
-        println!("throughput: skipped (run it with `cargo bench --features kv --bench throughput`)");
+        println!(
+            "throughput: skipped (run it with `cargo bench --features kv --bench throughput`)"
+        );
         return Ok(());
     }
     let s = Settings::from_env();
