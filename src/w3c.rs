@@ -17,12 +17,14 @@
 //!   entries over 128 characters first, then from the end).
 //! - `baggage`: at most 180 list-members and 8192 bytes. On inject, whole
 //!   members are dropped to stay within both; on extract, a longer value is
-//!   discarded, as the SDK does.
+//!   discarded, as the SDK does. Values are percent-encoded like the SDK's
+//!   `BaggagePropagator` does, plus `%` and `\`, which W3C requires and
+//!   the SDK leaves as is.
 
 use std::fmt;
 
 use opentelemetry::baggage::BaggageExt;
-use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
+use opentelemetry::propagation::{Extractor, TextMapPropagator};
 use opentelemetry::trace::{SpanId, TraceFlags, TraceId, TraceState};
 use opentelemetry::Context;
 use opentelemetry_sdk::propagation::BaggagePropagator;
@@ -363,16 +365,6 @@ pub(crate) fn tracestate_value(trace_state: &TraceState) -> Option<(String, usiz
     Some((out, total - kept))
 }
 
-/// Captures the one value a propagator writes.
-#[derive(Default)]
-struct Capture(Option<String>);
-
-impl Injector for Capture {
-    fn set(&mut self, _key: &str, value: String) {
-        self.0 = Some(value);
-    }
-}
-
 /// Offers one value under any key.
 struct One<'a>(&'a str);
 
@@ -386,46 +378,66 @@ impl Extractor for One<'_> {
     }
 }
 
-/// The `baggage` header value for `cx`, encoded by the SDK's
-/// `BaggagePropagator`, or `None` when the context has no baggage.
+/// Whether a byte of a baggage key (`in_value == false`) or value must be
+/// percent-encoded.
 ///
-/// Whole members are dropped to stay within 180 members and 8192 bytes;
-/// the second value says how many.
+/// The SDK's `BaggagePropagator` set (controls, non-ASCII, space, `"`, `,`,
+/// `;`, `=`), plus, in values, the two W3C requires that the SDK leaves
+/// as is: `%` (so that `100%25` does not arrive as `100%`) and `\`.
+#[inline]
+fn must_encode(b: u8, in_value: bool) -> bool {
+    !(0x20..0x7f).contains(&b)
+        || matches!(b, b' ' | b'"' | b',' | b';' | b'=')
+        || (in_value && matches!(b, b'%' | b'\\'))
+}
+
+fn push_encoded(out: &mut String, s: &str, in_value: bool) {
+    const UPPER: &[u8; 16] = b"0123456789ABCDEF";
+    for &b in s.as_bytes() {
+        if must_encode(b, in_value) {
+            out.push('%');
+            out.push(char::from(UPPER[usize::from(b >> 4)]));
+            out.push(char::from(UPPER[usize::from(b & 0x0f)]));
+        } else {
+            out.push(char::from(b));
+        }
+    }
+}
+
+/// The `baggage` header value for `cx`, or `None` when the context has no
+/// baggage.
+///
+/// Written the way the SDK's `BaggagePropagator` writes it (members in the
+/// baggage's order, key and value trimmed and percent-encoded, metadata
+/// after `;`), except that `%` and `\` in values are percent-encoded too,
+/// as W3C Baggage requires. Whole members are dropped to stay within 180
+/// members and 8192 bytes; the second value says how many.
 pub(crate) fn baggage_value(cx: &Context) -> Option<(String, usize)> {
     let baggage = cx.baggage();
     if baggage.is_empty() {
         return None;
     }
-    let mut capture = Capture::default();
-    BaggagePropagator::new().inject_context(cx, &mut capture);
-    let value = capture.0?;
-    if value.len() <= MAX_BAGGAGE_LEN && baggage.len() <= MAX_BAGGAGE_MEMBERS {
-        return Some((value, 0));
-    }
-    // Over a limit: encode member by member (in the same order the SDK
-    // wrote them) and keep the ones that fit.
-    let mut out = String::with_capacity(MAX_BAGGAGE_LEN);
+    let mut out = String::with_capacity(64);
     let (mut kept, mut dropped) = (0usize, 0usize);
     for (key, (value, metadata)) in baggage {
-        let single = opentelemetry::baggage::Baggage::from_iter([(
-            key.clone(),
-            (value.clone(), metadata.clone()),
-        )]);
-        let mut member = Capture::default();
-        BaggagePropagator::new().inject_context(&Context::new().with_baggage(single), &mut member);
-        let Some(member) = member.0 else {
-            dropped += 1;
-            continue;
-        };
-        let needed = member.len() + usize::from(kept > 0);
-        if kept == MAX_BAGGAGE_MEMBERS || out.len() + needed > MAX_BAGGAGE_LEN {
-            dropped += 1;
-            continue;
-        }
+        let mark = out.len();
         if kept > 0 {
             out.push(',');
         }
-        out.push_str(&member);
+        push_encoded(&mut out, key.as_str().trim(), false);
+        out.push('=');
+        push_encoded(&mut out, value.as_str().trim(), true);
+        let metadata = metadata.as_str().trim();
+        if !metadata.is_empty() {
+            out.push(';');
+            out.push_str(metadata);
+        }
+        if kept == MAX_BAGGAGE_MEMBERS || out.len() > MAX_BAGGAGE_LEN {
+            // Never a partial member: take this one back out whole.
+            out.truncate(mark);
+            dropped += 1;
+            continue;
+        }
         kept += 1;
     }
     (kept > 0).then_some((out, dropped))
@@ -750,7 +762,9 @@ mod parity_tests {
         prop::collection::vec(
             (
                 "[a-zA-Z0-9!#$%&'*+.^_`|~-]{1,12}",
-                "\\PC{0,16}",
+                // `%` and `\\` are encoded on purpose where the SDK does
+                // not; see `baggage_percent_and_backslash_are_encoded`.
+                "[^%\\\\\\p{C}]{0,16}",
                 prop_oneof![Just(String::new()), "[a-z]{1,5}(=[a-z0-9]{1,5})?"],
             ),
             0..8,
@@ -930,6 +944,41 @@ mod parity_tests {
                 prop_assert!(explained, "reason: {:?}", record.reason());
             }
             prop_assert_eq!(sorted_baggage(&ours), sorted_baggage(&theirs));
+        }
+    }
+
+    #[test]
+    fn baggage_percent_and_backslash_are_encoded() {
+        let values = [
+            "100%", "100%25", "a%00b", "%%", "50 % off", "C:\\dir", "é,;=\"",
+        ];
+        for value in values {
+            let cx = Context::new().with_baggage([opentelemetry::KeyValue::new("v", value)]);
+            let (header, dropped) = baggage_value(&cx).unwrap();
+            assert_eq!(dropped, 0);
+            assert!(
+                !header[2..].contains(['\\', ',', ';', '"', ' ']),
+                "{header}"
+            );
+            // Every `%` on the wire starts an escape.
+            assert!(
+                header.match_indices('%').all(|(i, _)| header[i + 1..]
+                    .bytes()
+                    .take(2)
+                    .filter(u8::is_ascii_hexdigit)
+                    .count()
+                    == 2),
+                "{header}"
+            );
+            // The SDK's extraction gives the value back unchanged.
+            let mut headers = HeaderMap::new();
+            headers.insert(BAGGAGE, header.as_str());
+            let back = sdk().extract_with_context(&Context::new(), &Exact(&headers));
+            assert_eq!(
+                back.baggage().get("v").map(|v| v.as_str()),
+                Some(value),
+                "{header}"
+            );
         }
     }
 
