@@ -51,6 +51,7 @@
 //! - `jetstream` (default): `JetStreamPublisher`, `JetStreamSender` and
 //!   JetStream message support in the consumer adapter.
 //! - `kv`: the KV fallback for the trace carrier.
+//! - `cli`: the `nats-otel` binary (`doctor`, `inspect`).
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![deny(unsafe_code, unreachable_pub)]
 #![warn(missing_docs, missing_debug_implementations)]
