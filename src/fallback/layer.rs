@@ -1,4 +1,5 @@
 use std::fmt;
+use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll};
 
 use bytes::Bytes;
@@ -48,13 +49,15 @@ use std::sync::atomic::Ordering;
 /// ```
 #[derive(Debug, Clone)]
 pub struct KvFallbackLayer {
-    fallback: KvFallback,
+    fallback: Arc<KvFallback>,
 }
 
 impl KvFallbackLayer {
     /// A layer writing through `fallback`.
     pub fn new(fallback: KvFallback) -> Self {
-        Self { fallback }
+        Self {
+            fallback: Arc::new(fallback),
+        }
     }
 }
 
@@ -64,7 +67,7 @@ impl<S> Layer<S> for KvFallbackLayer {
     fn layer(&self, inner: S) -> Self::Service {
         KvFallbackService {
             inner,
-            fallback: self.fallback.clone(),
+            fallback: Arc::clone(&self.fallback),
         }
     }
 }
@@ -74,7 +77,9 @@ impl<S> Layer<S> for KvFallbackLayer {
 #[derive(Debug, Clone)]
 pub struct KvFallbackService<S> {
     inner: S,
-    fallback: KvFallback,
+    // Shared, so a publish costs a reference count, not a copy of the
+    // bucket handle.
+    fallback: Arc<KvFallback>,
 }
 
 impl<S> KvFallbackService<S> {
@@ -118,7 +123,7 @@ where
         // The ready service is the one to call; leave a fresh clone behind.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
-        let fallback = self.fallback.clone();
+        let fallback = Arc::clone(&self.fallback);
         let span = Span::current();
         Box::pin(async move {
             match key {

@@ -1,4 +1,7 @@
 use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use opentelemetry::trace::TraceContextExt;
 use opentelemetry::Context;
@@ -18,18 +21,36 @@ pub(crate) async fn lookup(fallback: KvFallback, key: String) -> Result<Context,
     result
 }
 
+/// Pause between attempts after a failed read (e.g. "no responders" while
+/// the bucket's stream elects a new leader).
+const RETRY_PAUSE: Duration = Duration::from_millis(25);
+
 async fn lookup_inner(fallback: &KvFallback, key: String) -> Result<Context, NoContextReason> {
     let timeout = fallback.lookup_timeout;
-    let entry = match tokio::time::timeout(timeout, fallback.store.get(key.clone())).await {
-        Err(_) => return Err(NoContextReason::KvTimeout { key, timeout }),
-        Ok(Err(error)) => {
-            return Err(NoContextReason::KvError {
-                key,
-                error: error.to_string(),
-            })
+    let deadline = Instant::now() + timeout;
+    // A failed read is retried until the deadline: a bucket whose leader is
+    // being re-elected answers "no responders" for a moment. The last error
+    // is reported when time runs out, so a deleted bucket still says so.
+    let mut last_error = None;
+    let entry = loop {
+        match tokio::time::timeout_at(deadline, fallback.store.get(key.clone())).await {
+            Err(_) => {
+                return Err(match last_error {
+                    Some(error) => NoContextReason::KvError { key, error },
+                    None => NoContextReason::KvTimeout { key, timeout },
+                })
+            }
+            Ok(Err(error)) => {
+                last_error = Some(error.to_string());
+                if Instant::now() + RETRY_PAUSE >= deadline {
+                    let error = last_error.unwrap_or_default();
+                    return Err(NoContextReason::KvError { key, error });
+                }
+                tokio::time::sleep(RETRY_PAUSE).await;
+            }
+            Ok(Ok(None)) => return Err(NoContextReason::KvNotFound { key }),
+            Ok(Ok(Some(entry))) => break entry,
         }
-        Ok(Ok(None)) => return Err(NoContextReason::KvNotFound { key }),
-        Ok(Ok(Some(entry))) => entry,
     };
     let carrier = decode_record(&entry).map_err(|error| NoContextReason::KvInvalidRecord {
         key: key.clone(),
