@@ -6,6 +6,8 @@
 //!  client ──POST /jobs + traceparent──▶ API ──JetStream JOBS (jobs.resize)──▶ worker
 //!    ▲                                   │  waits on results.<job_id>           │
 //!    └─────────── JSON result ◀──────────┴────────── core NATS ◀────────────────┘
+//!
+//!  KV fallback:  API ──put carrier──▶ KV job_trace_carriers ◀──get, if no headers── worker
 //! ```
 //!
 //! - **API** (`--role api`): `POST /jobs` with a JSON body `{"input": "..."}` (optionally
@@ -15,12 +17,16 @@
 //!   `jobs.>`) with headers `Job-Id` and `Nats-Msg-Id` (the job id, so a resubmitted id is
 //!   rejected as a duplicate with 409). The API subscribes to `results.<job_id>` *before*
 //!   publishing and answers with the worker's result and the request's trace id, or 504
-//!   after 10 s.
+//!   after 10 s. With the KV fallback (`--fallback kv`, the default) the layer is
+//!   `TracePropagationLayer::new().fallback(..)`: it also writes each job's trace carrier to
+//!   the KV bucket `job_trace_carriers` before the job is sent (see below).
 //! - **Worker** (`--role worker`): a durable pull consumer `worker` read with
-//!   `messages().await?.with_trace_context()`. Each job runs in a `handle_job` span made a
-//!   child of the message's context with [`MessageContextExt::handler_span`], does its work in
-//!   `decode` and `resize` child spans, acks, publishes the result to `results.<job_id>` and
-//!   prints one JSON line on stdout (see below).
+//!   `messages().await?.with_trace_context()` (plus `.fallback(..)` with the KV fallback, which
+//!   looks the carrier up only when a message's headers give no context). Each job runs in a
+//!   `handle_job` span made a child of the message's context with
+//!   [`MessageContextExt::handler_span`], does its work in `decode` and `resize` child spans,
+//!   acks, publishes the result to `results.<job_id>` and prints one JSON line on stdout (see
+//!   below).
 //! - **All** (`--role all`, the default): API and worker in one process, plus a client that
 //!   submits `--jobs N` jobs to the API over HTTP, each from its own root span whose
 //!   `traceparent` travels in the HTTP header. It then prints the trace tree of the first job
@@ -33,16 +39,18 @@
 //! Everything in one process, against a private nats-server:
 //!
 //! ```text
-//! cargo run --example job_pipeline -- --role all --jobs 5
+//! cargo run --features kv --example job_pipeline -- --role all --jobs 5
 //! ```
+//!
+//! (The example needs the crate's `kv` feature; `cargo xtask demo` passes `--all-features`.)
 //!
 //! As separate processes against one JetStream-enabled server (`nats-server -js`; or start
 //! `--role api` without `NATS_URL`: it starts a private server and prints its URL):
 //!
 //! ```text
 //! export NATS_URL=nats://127.0.0.1:4222
-//! cargo run --example job_pipeline -- --role worker &
-//! cargo run --example job_pipeline -- --role api --listen 127.0.0.1:8080 &
+//! cargo run --features kv --example job_pipeline -- --role worker &
+//! cargo run --features kv --example job_pipeline -- --role api --listen 127.0.0.1:8080 &
 //! curl -s -X POST 127.0.0.1:8080/jobs -H 'content-type: application/json' \
 //!   -H 'traceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01' \
 //!   -d '{"input": "cat.png"}'
@@ -55,6 +63,11 @@
 //! - `--role all|api|worker` (default `all`), `--jobs N` (role `all`, default 5; with 0 it
 //!   serves until Ctrl-C), `--listen ADDR` (default `127.0.0.1:0` in role `all`,
 //!   `127.0.0.1:8080` otherwise).
+//! - `--fallback kv|none` (default `kv`): whether the API writes, and the worker reads, the
+//!   KV fallback. Give both sides the same value.
+//! - `--strip-headers` (roles `all` and `api`, default off): drop every header of the job
+//!   message after the tracing layer, as a relay that forwards only the payload would. See
+//!   "Lost headers" below.
 //! - `NATS_URL`: the server (or comma-separated servers) to use. Credentials in the URL
 //!   (`nats://user:pass@host:4222`, `nats://token@host:4222`) are passed on explicitly, as
 //!   async-nats 0.51 parses them but does not send them. Unset: a private nats-server is
@@ -71,22 +84,49 @@
 //!
 //! ```text
 //! {"event":"job_done","job_id":"..","status":"done","trace_id":"..","parent_span_id":"..",
-//!  "process_span_id":"..","context_source":"headers","reason":null,"reason_detail":null}
+//!  "process_span_id":"..","context_source":"headers","reason":null,"reason_detail":null,
+//!  "fallback_reason":null}
 //! ```
 //!
 //! - `trace_id`: the trace of the worker's `handle_job` span.
 //! - `parent_span_id`: the *remote* parent, i.e. the span id in the `traceparent` the message
-//!   carried: the API's PRODUCER span `publish jobs.resize`. `null` when the message carried
-//!   no usable context.
+//!   carried (or, with `"context_source":"kv"`, the one in its KV record): the API's PRODUCER
+//!   span `publish jobs.resize`. `null` when there was no usable context.
 //! - `process_span_id`: the direct parent of `handle_job`, the crate's CONSUMER `process`
 //!   span (itself a child of `parent_span_id`).
 //! - `context_source` and `reason`: from the [`ExtractionRecord`] (`cx.extraction()`):
 //!   where the context came from (`headers`, `none`, ...), and why there was none as a
-//!   short code such as `no_headers` (`null` when there was one); `reason_detail` is the
-//!   reason's full sentence.
+//!   short code such as `no_headers` (`null` when the headers gave one); `reason_detail` is
+//!   the reason's full sentence. With `"context_source":"kv"` the context was recovered from
+//!   the KV fallback and `reason` says why the headers could not give it.
+//! - `fallback_reason`: why the KV fallback gave no context either, as a short code such as
+//!   `kv_not_found` (`null` when it was not needed, succeeded, or is off).
 //!
 //! A message published without a `traceparent` (e.g. with the `nats` CLI) still runs, as a
 //! new trace, with `"context_source":"none"` and the reason.
+//!
+//! ## Lost headers and the KV fallback
+//!
+//! Headers do not always survive the trip: a bridge or relay may republish only the payload.
+//! `--strip-headers` models that with a small tower service, `StripHeaders`, placed
+//! *between* the tracing layer (and its KV fallback) and [`JetStreamPublisher`]: the job
+//! reaches `jobs.resize` with no headers at all — no `traceparent`, no `Job-Id`, and no
+//! `Nats-Msg-Id`, so JetStream's duplicate check is lost as well. The KV record is written by
+//! the fallback layer *before* the inner service runs, from the headers the tracing layer just
+//! injected, so it is unaffected, exactly as with a relay further down the line.
+//!
+//! The KV key must survive the same loss, so it is not a header: it is the `job_id` field of
+//! the job's JSON payload (`{"job_id":"..","input":".."}`), read identically on both sides.
+//!
+//! ```text
+//! cargo run --features kv --example job_pipeline -- --strip-headers
+//!   # worker lines: "context_source":"kv","reason":"no_headers"; ends trace_ids_match=true
+//! cargo run --features kv --example job_pipeline -- --strip-headers --fallback none
+//!   # worker lines: "context_source":"none","reason":"no_headers"; trace_ids_match=false, exit 1
+//! ```
+//!
+//! Role `all` also prints the fallback's counters (`kv_fallback writes=.. reads=..`) before
+//! the verdict: with intact headers the worker makes no KV read at all.
 
 #[path = "../tests/support/server.rs"]
 mod server;
@@ -105,9 +145,11 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
 use axum::{Json, Router};
 use futures::StreamExt;
+use nats_otel::fallback::{decode_record, KvFallbackService};
 use nats_otel::{
-    CorePublisher, ExtractionRecord, HeaderExtractor, JetStreamPublisher, MessageContextExt,
-    Publish, TraceContextStreamExt, TracePropagation, TracePropagationLayer,
+    ContextSource, CorePublisher, ExtractionRecord, FallbackKey, HeaderExtractor,
+    JetStreamPublisher, KeyInput, KvFallback, MessageContextExt, Publish, TraceContextStreamExt,
+    TracePropagation, TracePropagationLayer,
 };
 use opentelemetry::propagation::{Extractor, TextMapPropagator};
 use opentelemetry::trace::{SpanId, SpanKind, TraceContextExt, TraceId, TracerProvider as _};
@@ -137,6 +179,8 @@ const CONSUMER: &str = "worker";
 const RESULTS_PREFIX: &str = "results.";
 /// How long the API waits for the worker's result.
 const RESULT_TIMEOUT: Duration = Duration::from_secs(10);
+/// The KV bucket of the trace carrier fallback.
+const FALLBACK_BUCKET: &str = "job_trace_carriers";
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -166,13 +210,23 @@ async fn run(args: Args) -> Result<bool, BoxError> {
     let telemetry = Telemetry::install(args.role)?;
     // Keep `_server` alive until the end: dropping it stops the private nats-server.
     let (client, _server) = connect_nats(args.role).await?;
+    let fallback = match args.fallback {
+        FallbackMode::Kv => Some(kv_fallback(&jetstream::new(client.clone())).await?),
+        FallbackMode::None => None,
+    };
+    let publishing = JobPublishing {
+        fallback: fallback.clone(),
+        strip_headers: args.strip_headers,
+    };
 
     let outcome = match args.role {
-        Role::Api => serve_api(client, args.listen, ctrl_c())
+        Role::Api => serve_api(client, args.listen, publishing, ctrl_c())
             .await
             .map(|()| true),
-        Role::Worker => run_worker(client, None, ctrl_c()).await.map(|()| true),
-        Role::All => run_all(client, args.listen, args.jobs, &telemetry).await,
+        Role::Worker => run_worker(client, fallback, None, ctrl_c())
+            .await
+            .map(|()| true),
+        Role::All => run_all(client, args.listen, args.jobs, publishing, &telemetry).await,
     };
     telemetry.shutdown();
     outcome
@@ -184,11 +238,17 @@ async fn run(args: Args) -> Result<bool, BoxError> {
 
 const USAGE: &str = "\
 usage: job_pipeline [--role all|api|worker] [--jobs N] [--listen ADDR]
+                    [--fallback kv|none] [--strip-headers]
 
-  --role    all (default): API + worker + a demo client in one process
-            api: the HTTP API only; worker: the JetStream worker only
-  --jobs    jobs the demo client submits in role all (default 5; 0 = serve until Ctrl-C)
-  --listen  API address (default 127.0.0.1:0 in role all, 127.0.0.1:8080 otherwise)
+  --role           all (default): API + worker + a demo client in one process
+                   api: the HTTP API only; worker: the JetStream worker only
+  --jobs           jobs the demo client submits in role all
+                   (default 5; 0 = serve until Ctrl-C)
+  --listen         API address (default 127.0.0.1:0 in role all, 127.0.0.1:8080 otherwise)
+  --fallback       kv (default): keep the trace carrier in the KV bucket job_trace_carriers
+                   too, for messages that lose their headers; none: headers only
+  --strip-headers  roles all and api: drop the job message's headers after the tracing
+                   layer, as a relay forwarding only the payload would (default off)
 
 environment: NATS_URL (else a private nats-server is started),
              OTEL_EXPORTER_OTLP_ENDPOINT (also export spans over OTLP/HTTP), RUST_LOG";
@@ -200,11 +260,20 @@ enum Role {
     Worker,
 }
 
+/// Whether the trace carrier is also kept in KV, for messages that lose their headers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FallbackMode {
+    Kv,
+    None,
+}
+
 #[derive(Debug)]
 struct Args {
     role: Role,
     jobs: usize,
     listen: SocketAddr,
+    fallback: FallbackMode,
+    strip_headers: bool,
 }
 
 /// Parses `--name value` and `--name=value` options; `Ok(None)` for `--help`.
@@ -212,6 +281,8 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Option<Args>, St
     let mut role = Role::All;
     let mut jobs = 5;
     let mut listen = None;
+    let mut fallback = FallbackMode::Kv;
+    let mut strip_headers = false;
     while let Some(arg) = args.next() {
         let (name, inline) = match arg.split_once('=') {
             Some((name, value)) => (name.to_owned(), Some(value.to_owned())),
@@ -248,14 +319,36 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Option<Args>, St
                         .map_err(|_| format!("--listen: not an address: {v:?}"))?,
                 );
             }
+            "--fallback" => {
+                fallback = match value()?.as_str() {
+                    "kv" => FallbackMode::Kv,
+                    "none" => FallbackMode::None,
+                    other => return Err(format!("--fallback: {other:?} is not kv or none")),
+                }
+            }
+            "--strip-headers" => {
+                if inline.is_some() {
+                    return Err("--strip-headers takes no value".into());
+                }
+                strip_headers = true;
+            }
             other => return Err(format!("unknown argument {other:?}")),
         }
+    }
+    if strip_headers && role == Role::Worker {
+        return Err("--strip-headers applies to the publishing side: roles all and api".into());
     }
     let listen = listen.unwrap_or_else(|| match role {
         Role::All => SocketAddr::from(([127, 0, 0, 1], 0)),
         Role::Api | Role::Worker => SocketAddr::from(([127, 0, 0, 1], 8080)),
     });
-    Ok(Some(Args { role, jobs, listen }))
+    Ok(Some(Args {
+        role,
+        jobs,
+        listen,
+        fallback,
+        strip_headers,
+    }))
 }
 
 /// Resolves on Ctrl-C (or never, if the signal handler cannot be installed).
@@ -471,11 +564,102 @@ async fn job_consumer(
         .map_err(|e| format!("cannot create or find the consumer {CONSUMER}: {e}").into())
 }
 
-/// Publishes jobs to JetStream: a PRODUCER span per publish, `traceparent` injected.
-type JobPublisher = TracePropagation<JetStreamPublisher>;
+/// The KV fallback shared by the API and the worker: the bucket `job_trace_carriers`, keyed
+/// by the `job_id` in the job's JSON payload. Not by a header: when a relay drops the
+/// headers, a header-derived key is gone too.
+async fn kv_fallback(js: &jetstream::Context) -> Result<KvFallback, BoxError> {
+    let bucket = KvFallback::open_bucket(js, FALLBACK_BUCKET)
+        .await
+        .map_err(|e| format!("cannot open the KV bucket {FALLBACK_BUCKET}: {e}"))?;
+    let key = FallbackKey::from_fn("payload job_id", |input: &KeyInput<'_>| {
+        let job: Value = serde_json::from_slice(input.payload).ok()?;
+        job.get("job_id")?.as_str().map(str::to_owned)
+    });
+    Ok(KvFallback::new(bucket, key))
+}
 
-fn job_publisher(js: jetstream::Context) -> JobPublisher {
-    TracePropagationLayer::new().layer(JetStreamPublisher::new(js))
+/// How the API publishes jobs.
+#[derive(Debug, Clone)]
+struct JobPublishing {
+    /// Also write each job's trace carrier to KV (`--fallback kv`).
+    fallback: Option<KvFallback>,
+    /// Drop the headers on the way to JetStream (`--strip-headers`).
+    strip_headers: bool,
+}
+
+/// What the tracing layer wraps: JetStream, behind the header-dropping relay stand-in.
+type JobSender = StripHeaders<JetStreamPublisher>;
+
+/// Publishes jobs to JetStream: a PRODUCER span per publish, `traceparent` injected and,
+/// with the KV fallback, the carrier written to KV before the job is sent.
+#[derive(Clone)]
+enum JobPublisher {
+    WithFallback(TracePropagation<KvFallbackService<JobSender>>),
+    HeadersOnly(TracePropagation<JobSender>),
+}
+
+fn job_publisher(js: jetstream::Context, publishing: JobPublishing) -> JobPublisher {
+    let sender = StripHeaders::new(JetStreamPublisher::new(js), publishing.strip_headers);
+    match publishing.fallback {
+        Some(fallback) => JobPublisher::WithFallback(
+            TracePropagationLayer::new()
+                .fallback(fallback)
+                .layer(sender),
+        ),
+        None => JobPublisher::HeadersOnly(TracePropagationLayer::new().layer(sender)),
+    }
+}
+
+impl JobPublisher {
+    /// Publishes `message` and waits for the JetStream ack.
+    async fn publish(&self, message: Publish) -> Result<jetstream::publish::PublishAck, BoxError> {
+        match self.clone() {
+            // `FallbackError::Publish` is JetStream's error; `KvWrite` only comes with
+            // `WriteFailure::Required` (here a failed write is logged and the job still sent).
+            Self::WithFallback(mut service) => Ok(service.ready().await?.call(message).await?),
+            Self::HeadersOnly(mut service) => Ok(service.ready().await?.call(message).await?),
+        }
+    }
+}
+
+/// A stand-in for a relay that forwards only the payload: when enabled, it sends each
+/// message on with no headers at all. Placed under the tracing layer, it drops what the
+/// layer injected, after the KV fallback has written its record from those headers.
+#[derive(Debug, Clone)]
+struct StripHeaders<S> {
+    inner: S,
+    enabled: bool,
+}
+
+impl<S> StripHeaders<S> {
+    fn new(inner: S, enabled: bool) -> Self {
+        Self { inner, enabled }
+    }
+}
+
+impl<S: Service<Publish>> Service<Publish> for StripHeaders<S> {
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, message: Publish) -> Self::Future {
+        if !self.enabled {
+            return self.inner.call(message);
+        }
+        let parts = message.into_parts();
+        let mut stripped = Publish::new(parts.subject, parts.payload);
+        if let Some(reply) = parts.reply {
+            stripped = stripped.reply(reply);
+        }
+        self.inner.call(stripped)
+    }
 }
 
 /// Publishes results on core NATS, traced the same way.
@@ -564,10 +748,11 @@ struct Api {
 async fn serve_api(
     client: Client,
     listen: SocketAddr,
+    publishing: JobPublishing,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), BoxError> {
     let listener = bind_api(listen).await?;
-    run_api(client, listener, shutdown).await
+    run_api(client, listener, publishing, shutdown).await
 }
 
 async fn bind_api(listen: SocketAddr) -> Result<tokio::net::TcpListener, BoxError> {
@@ -581,13 +766,17 @@ async fn bind_api(listen: SocketAddr) -> Result<tokio::net::TcpListener, BoxErro
 async fn run_api(
     client: Client,
     listener: tokio::net::TcpListener,
+    publishing: JobPublishing,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), BoxError> {
     let js = jetstream::new(client.clone());
     ensure_job_stream(&js).await?;
+    if publishing.strip_headers {
+        tracing::info!("--strip-headers: job messages reach {JOB_SUBJECT} without headers");
+    }
     let api = Api {
         client,
-        jobs: job_publisher(js),
+        jobs: job_publisher(js, publishing),
     };
     let app = Router::new()
         .route("/jobs", post(submit_job))
@@ -675,8 +864,7 @@ impl Api {
         let message = Publish::new(JOB_SUBJECT, serde_json::to_vec(job)?)
             .header("Job-Id", &job.job_id)?
             .header("Nats-Msg-Id", &job.job_id)?;
-        let mut jobs = self.jobs.clone();
-        Ok(jobs.ready().await?.call(message).await?)
+        self.jobs.publish(message).await
     }
 }
 
@@ -711,8 +899,13 @@ impl JobDone {
             context_source: Option<&'static str>,
             reason: Option<&'static str>,
             reason_detail: Option<String>,
+            fallback_reason: Option<&'static str>,
         }
         let reason = self.record.as_ref().and_then(ExtractionRecord::reason);
+        let fallback_reason = self
+            .record
+            .as_ref()
+            .and_then(ExtractionRecord::fallback_reason);
         let line = Line {
             event: "job_done",
             job_id: &self.job_id,
@@ -723,15 +916,18 @@ impl JobDone {
             context_source: self.record.as_ref().map(|r| r.source().as_str()),
             reason: reason.map(|r| r.as_str()),
             reason_detail: reason.map(|r| r.to_string()),
+            fallback_reason: fallback_reason.map(|r| r.as_str()),
         };
         serde_json::to_string(&line).unwrap_or_default()
     }
 }
 
 /// Consumes jobs until `shutdown` resolves; each finished job is printed and, when `done`
-/// is given, also sent there.
+/// is given, also sent there. With `fallback`, a job whose headers give no context gets it
+/// from KV.
 async fn run_worker(
     client: Client,
+    fallback: Option<KvFallback>,
     done: Option<mpsc::UnboundedSender<JobDone>>,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), BoxError> {
@@ -745,7 +941,13 @@ async fn run_worker(
         .await
         .map_err(|e| format!("cannot start consuming from {STREAM}/{CONSUMER}: {e}"))?
         .with_trace_context();
-    tracing::info!("worker consuming {STREAM}/{CONSUMER}");
+    if let Some(fallback) = &fallback {
+        jobs = jobs.fallback(fallback.clone());
+    }
+    tracing::info!(
+        "worker consuming {STREAM}/{CONSUMER} (KV fallback {})",
+        if fallback.is_some() { "on" } else { "off" }
+    );
     tokio::pin!(shutdown);
     loop {
         let item = tokio::select! {
@@ -761,7 +963,7 @@ async fn run_worker(
             }
             None => return Err(format!("the consumer {CONSUMER} stopped delivering").into()),
         };
-        let finished = handle_message(message, cx, results.clone()).await;
+        let finished = handle_message(message, cx, results.clone(), fallback.as_ref()).await;
         // The handler's spans and the `process` span have ended by now.
         println!("{}", finished.json_line());
         if let Some(done) = &done {
@@ -775,6 +977,7 @@ async fn handle_message(
     message: jetstream::Message,
     cx: Context,
     results: ResultPublisher,
+    fallback: Option<&KvFallback>,
 ) -> JobDone {
     // Create the span, make it a child of the message's context, then instrument.
     let span = info_span!("handle_job", job_id = tracing::field::Empty);
@@ -792,7 +995,7 @@ async fn handle_message(
 
     let record = cx.extraction().cloned();
     JobDone {
-        parent_span_id: remote_parent_span_id(&message, record.as_ref()),
+        parent_span_id: remote_parent_span_id(&message, record.as_ref(), fallback).await,
         process_span_id: cx.span().span_context().span_id(),
         job_id: result.job_id,
         status: result.status,
@@ -802,16 +1005,33 @@ async fn handle_message(
     // `cx` drops here, ending the `process` span.
 }
 
-/// The span id of the `traceparent` the message carried, when its context came from there.
-fn remote_parent_span_id(
+/// The span id of the `traceparent` the message's context came from: its headers, or its
+/// KV fallback record (read again here, for the report only).
+async fn remote_parent_span_id(
     message: &jetstream::Message,
     record: Option<&ExtractionRecord>,
+    fallback: Option<&KvFallback>,
 ) -> Option<SpanId> {
-    if record.map(ExtractionRecord::source) != Some(nats_otel::ContextSource::Headers) {
-        return None;
-    }
-    let headers = message.headers.as_ref()?;
-    let remote = TraceContextPropagator::new().extract(&HeaderExtractor::new(headers));
+    let propagator = TraceContextPropagator::new();
+    let remote = match record?.source() {
+        ContextSource::Headers => {
+            let headers = message.headers.as_ref()?;
+            propagator.extract(&HeaderExtractor::new(headers))
+        }
+        ContextSource::Kv => {
+            let fallback = fallback?;
+            let input = KeyInput::new(
+                message.subject.as_str(),
+                message.headers.as_ref(),
+                &message.payload,
+            );
+            let key = fallback.key().derive(&input).ok()?;
+            let entry = fallback.store().get(key).await.ok()??;
+            let carrier = decode_record(&entry).ok()?;
+            propagator.extract(&carrier)
+        }
+        _ => return None,
+    };
     let span_context = remote.span().span_context().clone();
     span_context.is_valid().then(|| span_context.span_id())
 }
@@ -913,8 +1133,10 @@ async fn run_all(
     client: Client,
     listen: SocketAddr,
     jobs: usize,
+    publishing: JobPublishing,
     telemetry: &Telemetry,
 ) -> Result<bool, BoxError> {
+    let fallback = publishing.fallback.clone();
     let listener = bind_api(listen).await?;
     let api_addr = listener.local_addr()?;
     let (stop_api, api_stopped) = oneshot::channel::<()>();
@@ -928,18 +1150,27 @@ async fn run_all(
         let stopped = async {
             let _ = api_stopped.await;
         };
-        ("API", run_api(api_client, listener, stopped).await)
+        (
+            "API",
+            run_api(api_client, listener, publishing, stopped).await,
+        )
     });
+    let worker_fallback = fallback.clone();
     tasks.spawn(async move {
         let stopped = async {
             let _ = worker_stopped.await;
         };
-        ("worker", run_worker(client, Some(done_tx), stopped).await)
+        let done = Some(done_tx);
+        (
+            "worker",
+            run_worker(client, worker_fallback, done, stopped).await,
+        )
     });
 
     let outcome = tokio::select! {
         () = ctrl_c() => if jobs == 0 { Ok(true) } else { Err("interrupted".into()) },
-        result = demo(api_addr, jobs, &mut done_rx, telemetry), if jobs > 0 => result,
+        result = demo(api_addr, jobs, &mut done_rx, fallback.as_ref(), telemetry),
+            if jobs > 0 => result,
         Some(joined) = tasks.join_next() => Err(match joined {
             Ok((name, Ok(()))) => format!("the {name} stopped unexpectedly"),
             Ok((name, Err(error))) => format!("the {name} failed: {error}"),
@@ -960,12 +1191,14 @@ async fn run_all(
     outcome
 }
 
-/// Submits `jobs` jobs, collects the worker's reports, prints the first job's trace tree
-/// and the verdict line. `Ok(true)` when every job stayed in its client's trace.
+/// Submits `jobs` jobs, collects the worker's reports, prints the first job's trace tree,
+/// the KV fallback's counters and the verdict line. `Ok(true)` when every job stayed in its
+/// client's trace.
 async fn demo(
     api: SocketAddr,
     jobs: usize,
     done: &mut mpsc::UnboundedReceiver<JobDone>,
+    fallback: Option<&KvFallback>,
     telemetry: &Telemetry,
 ) -> Result<bool, BoxError> {
     let mut submitted = Vec::with_capacity(jobs);
@@ -1007,6 +1240,13 @@ async fn demo(
     if let Some(first) = submitted.first() {
         println!();
         print_trace_tree(&telemetry.finished_spans(), first.client_trace_id);
+    }
+    match fallback.map(KvFallback::stats) {
+        Some(stats) => println!(
+            "kv_fallback writes={} write_failures={} reads={} read_failures={}",
+            stats.writes, stats.write_failures, stats.reads, stats.read_failures
+        ),
+        None => println!("kv_fallback off"),
     }
     println!("trace_ids_match={all_match} jobs={jobs}");
     Ok(all_match)
