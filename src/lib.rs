@@ -84,7 +84,8 @@ pub use error::InvalidHeader;
 pub use extraction::{ContextSource, ExtractionRecord, NoContextReason};
 #[cfg(feature = "kv")]
 pub use fallback::{
-    FallbackError, FallbackKey, KeyInput, KvFallback, KvFallbackLayer, KvWriteError, WriteFailure,
+    FallbackError, FallbackKey, KeyInput, KvFallback, KvFallbackLayer, KvFallbackService,
+    KvWriteError, WriteFailure,
 };
 pub use filter::SubjectFilter;
 pub use propagator::global_propagator_is_noop;
