@@ -34,13 +34,13 @@ use nats_otel::{
 use opentelemetry::baggage::BaggageExt;
 use opentelemetry::trace::{SpanId, TraceContextExt, TraceId};
 use opentelemetry::Context;
+use support::nats::*;
 use support::server::NatsServer;
 use support::telemetry::*;
 
 const TRACE: &str = "0af7651916cd43dd8448eb211c80319c";
 const SPAN: &str = "b7ad6b7169203331";
 const VALID: &str = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
-const WAIT: Duration = Duration::from_secs(10);
 
 /// W3C limits the consumer must enforce on what it accepts.
 const MAX_TRACESTATE_MEMBERS: usize = 32;
@@ -484,13 +484,8 @@ fn problems(
 async fn bad_input_table() {
     let telemetry = Telemetry::install();
     let server = NatsServer::start();
-    let client = async_nats::connect(server.url()).await.unwrap();
-    let mut messages = client
-        .subscribe("bad.>")
-        .await
-        .unwrap()
-        .with_trace_context();
-    client.flush().await.unwrap();
+    let client = connect(&server).await;
+    let mut messages = traced_subscription(&client, "bad.>").await;
 
     let rows = rows();
     assert!(rows.len() >= 30, "{} rows", rows.len());
@@ -562,13 +557,8 @@ async fn bad_input_table() {
 async fn non_utf8_header_bytes_on_the_wire() {
     let telemetry = Telemetry::install();
     let server = NatsServer::start();
-    let client = async_nats::connect(server.url()).await.unwrap();
-    let mut messages = client
-        .subscribe("raw.>")
-        .await
-        .unwrap()
-        .with_trace_context();
-    client.flush().await.unwrap();
+    let client = connect(&server).await;
+    let mut messages = traced_subscription(&client, "raw.>").await;
 
     // The raw publisher: CONNECT with headers, then HPUB.
     let mut raw = TcpStream::connect(("127.0.0.1", server.port())).unwrap();
@@ -646,27 +636,14 @@ async fn non_utf8_header_bytes_on_the_wire() {
 /// publish — which is why the layer caps tracestate and baggage on inject.
 #[tokio::test]
 async fn jetstream_takes_a_60_kib_tracestate_and_refuses_64_kib() {
-    use async_nats::jetstream::{self, consumer::pull, stream};
+    use async_nats::jetstream::{self};
 
     let _telemetry = Telemetry::install();
     let server = NatsServer::start();
-    let client = async_nats::connect(server.url()).await.unwrap();
+    let client = connect(&server).await;
     let js = jetstream::new(client);
-    let stream = js
-        .create_stream(stream::Config {
-            name: "BIG".into(),
-            subjects: vec!["big.>".into()],
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    let consumer = stream
-        .create_consumer(pull::Config {
-            durable_name: Some("big".into()),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    let stream = create_stream(&js, "BIG", "big.>").await;
+    let consumer = durable_consumer(&stream, "big").await;
 
     let tracestate_60k = members(1000, |i| format!("vendor{i:04}={:0>50}", i));
     assert!(tracestate_60k.len() > 60 * 1024 && tracestate_60k.len() < 63 * 1024);

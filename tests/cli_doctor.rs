@@ -9,6 +9,7 @@ use async_nats::jetstream::{self, stream};
 use async_nats::{Client, HeaderMap};
 use futures::StreamExt;
 use serde_json::Value;
+use support::nats::*;
 use support::server::NatsServer;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
@@ -134,15 +135,9 @@ async fn healthy_core_path_exits_0() {
 #[tokio::test]
 async fn healthy_jetstream_path_exits_0_and_removes_the_probe() {
     let server = NatsServer::start();
-    let client = async_nats::connect(server.url()).await.unwrap();
+    let client = connect(&server).await;
     let js = jetstream::new(client);
-    js.create_stream(stream::Config {
-        name: "JOBS".into(),
-        subjects: vec!["jobs.>".into()],
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    jobs_stream(&js).await;
 
     let run = nats_otel(&[
         "doctor",
@@ -181,7 +176,7 @@ async fn healthy_jetstream_path_exits_0_and_removes_the_probe() {
 #[tokio::test]
 async fn relay_stripping_headers_exits_1_and_names_the_transit_step() {
     let server = NatsServer::start();
-    let client = async_nats::connect(server.url()).await.unwrap();
+    let client = connect(&server).await;
     let _relay = relay(&client, "orders.in", "orders.out", |_| None).await;
     let args = [
         "doctor",
@@ -221,7 +216,7 @@ async fn relay_stripping_headers_exits_1_and_names_the_transit_step() {
 #[tokio::test]
 async fn relay_into_a_stream_stripping_headers_breaks_both_paths() {
     let server = NatsServer::start();
-    let client = async_nats::connect(server.url()).await.unwrap();
+    let client = connect(&server).await;
     jetstream::new(client.clone())
         .create_stream(stream::Config {
             name: "RELAYED".into(),
@@ -261,7 +256,7 @@ async fn relay_into_a_stream_stripping_headers_breaks_both_paths() {
 #[tokio::test]
 async fn producer_with_go_casing_is_reported_and_still_exits_0() {
     let server = NatsServer::start();
-    let client = async_nats::connect(server.url()).await.unwrap();
+    let client = connect(&server).await;
     let _relay = relay(&client, "go.in", "go.out", |h| {
         rename_traceparent(h, "Traceparent")
     })
@@ -302,7 +297,7 @@ async fn producer_with_go_casing_is_reported_and_still_exits_0() {
 #[tokio::test]
 async fn traceparent_under_an_unexpected_name_is_detected() {
     let server = NatsServer::start();
-    let client = async_nats::connect(server.url()).await.unwrap();
+    let client = connect(&server).await;
     let _relay = relay(&client, "rn.in", "rn.out", |h| {
         rename_traceparent(h, "X-Trace-Context")
     })
@@ -336,7 +331,7 @@ async fn traceparent_under_an_unexpected_name_is_detected() {
 #[tokio::test]
 async fn relay_dropping_only_traceparent_and_relay_starting_a_new_trace() {
     let server = NatsServer::start();
-    let client = async_nats::connect(server.url()).await.unwrap();
+    let client = connect(&server).await;
     let _drop = relay(&client, "d.in", "d.out", |h| {
         let h = h?;
         let mut out = HeaderMap::new();
@@ -399,7 +394,7 @@ async fn relay_dropping_only_traceparent_and_relay_starting_a_new_trace() {
 #[tokio::test]
 async fn kv_fallback_recovering_stripped_headers_is_a_warning() {
     let server = NatsServer::start();
-    let client = async_nats::connect(server.url()).await.unwrap();
+    let client = connect(&server).await;
     let _relay = relay(&client, "kv.in", "kv.out", |_| None).await;
     let run = nats_otel(&[
         "doctor",

@@ -8,13 +8,14 @@ mod support;
 use std::process::Stdio;
 use std::time::Duration;
 
-use async_nats::jetstream::{self, consumer::pull, stream};
+use async_nats::jetstream::{self, consumer::pull};
 use async_nats::HeaderMap;
 use futures::StreamExt;
 use nats_otel::{CorePublisher, JetStreamPublisher, Publish, TracePropagationLayer};
 use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState};
 use opentelemetry::Context;
 use serde_json::Value;
+use support::nats::*;
 use support::server::NatsServer;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 use tower::{Layer, Service, ServiceExt};
@@ -140,15 +141,9 @@ fn assert_three_kinds_json(lines: &[&str], prefix: &str) {
 #[tokio::test]
 async fn stream_messages_of_three_kinds() {
     let server = NatsServer::start();
-    let client = async_nats::connect(server.url()).await.unwrap();
+    let client = connect(&server).await;
     let js = jetstream::new(client);
-    js.create_stream(stream::Config {
-        name: "INSPECT".into(),
-        subjects: vec!["insp.>".into()],
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    create_stream(&js, "INSPECT", "insp.>").await;
     let mut publisher = TracePropagationLayer::new().layer(JetStreamPublisher::new(js.clone()));
     for message in three_kinds("insp") {
         publisher
@@ -192,7 +187,7 @@ async fn stream_messages_of_three_kinds() {
 #[tokio::test]
 async fn subject_messages_of_three_kinds() {
     let server = NatsServer::start();
-    let client = async_nats::connect(server.url()).await.unwrap();
+    let client = connect(&server).await;
     let url = server.url();
 
     for json in [false, true] {
@@ -264,16 +259,9 @@ async fn subject_messages_of_three_kinds() {
 #[tokio::test]
 async fn consumer_shows_its_unacknowledged_messages_without_acking_them() {
     let server = NatsServer::start();
-    let client = async_nats::connect(server.url()).await.unwrap();
+    let client = connect(&server).await;
     let js = jetstream::new(client);
-    let stream = js
-        .create_stream(stream::Config {
-            name: "WORK".into(),
-            subjects: vec!["work.>".into()],
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    let stream = create_stream(&js, "WORK", "work.>").await;
     let consumer = stream
         .create_consumer(pull::Config {
             durable_name: Some("worker".into()),
@@ -341,15 +329,9 @@ async fn consumer_shows_its_unacknowledged_messages_without_acking_them() {
 #[tokio::test]
 async fn traceparent_under_another_name_is_marked_misplaced() {
     let server = NatsServer::start();
-    let client = async_nats::connect(server.url()).await.unwrap();
+    let client = connect(&server).await;
     let js = jetstream::new(client.clone());
-    js.create_stream(stream::Config {
-        name: "ODD".into(),
-        subjects: vec!["odd.>".into()],
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    create_stream(&js, "ODD", "odd.>").await;
     let mut headers = HeaderMap::new();
     headers.insert("X-Trace-Context", GO_TRACEPARENT);
     js.publish_with_headers("odd.renamed", headers, "x".into())
@@ -406,15 +388,9 @@ async fn kv_fallback_is_reported_as_the_source() {
     use nats_otel::{FallbackKey, KvFallback};
 
     let server = NatsServer::start();
-    let client = async_nats::connect(server.url()).await.unwrap();
+    let client = connect(&server).await;
     let js = jetstream::new(client);
-    js.create_stream(stream::Config {
-        name: "KVX".into(),
-        subjects: vec!["kvx.>".into()],
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    create_stream(&js, "KVX", "kvx.>").await;
     let store = KvFallback::open_bucket(&js, "carriers").await.unwrap();
     let fallback = KvFallback::new(store, FallbackKey::subject());
     // A publisher whose transport drops every header; the carrier still

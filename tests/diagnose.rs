@@ -13,6 +13,7 @@ use opentelemetry::propagation::TextMapCompositePropagator;
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::propagation::{BaggagePropagator, TraceContextPropagator};
 use opentelemetry_sdk::trace::{InMemorySpanExporter, Sampler, SdkTracerProvider};
+use support::nats::*;
 use support::server::NatsServer;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tracing_subscriber::layer::SubscriberExt;
@@ -205,7 +206,7 @@ fn without_propagator(mut findings: Vec<Finding>) -> Vec<Finding> {
 #[tokio::test]
 async fn client_on_a_server_with_headers_adds_nothing() {
     let server = NatsServer::start();
-    let client = async_nats::connect(server.url()).await.unwrap();
+    let client = connect(&server).await;
     let (provider, _exporter) = provider(Sampler::AlwaysOn);
     let subscriber = tracing_subscriber::registry()
         .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")));

@@ -4,33 +4,21 @@
 
 mod support;
 
-use std::time::Duration;
-
 use async_nats::HeaderMap;
-use futures::{Stream, StreamExt};
-use nats_otel::{
-    ContextSource, MessageContextExt, NoContextReason, TraceContextStreamExt, TraceparentProblem,
-};
+use nats_otel::{ContextSource, MessageContextExt, NoContextReason, TraceparentProblem};
 use opentelemetry::baggage::BaggageExt;
 use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt, TraceId};
 use opentelemetry::StringValue;
 use opentelemetry_sdk::trace::SpanData;
+use support::nats::*;
 use support::server::NatsServer;
 use support::telemetry::*;
 use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
-const WAIT: Duration = Duration::from_secs(10);
 const TRACE: &str = "0af7651916cd43dd8448eb211c80319c";
 const SPAN: &str = "b7ad6b7169203331";
 const VALID: &str = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
-
-async fn next<S: Stream + Unpin>(stream: &mut S) -> S::Item {
-    tokio::time::timeout(WAIT, stream.next())
-        .await
-        .expect("no message within 10 s: lost?")
-        .expect("the subscription ended")
-}
 
 fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
     let mut headers = HeaderMap::new();
@@ -45,13 +33,8 @@ fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
 async fn traceparent_under(header_name: &str) {
     let telemetry = Telemetry::install();
     let server = NatsServer::start();
-    let client = async_nats::connect(server.url()).await.unwrap();
-    let mut jobs = client
-        .subscribe("jobs.cased")
-        .await
-        .unwrap()
-        .with_trace_context();
-    client.flush().await.unwrap();
+    let client = connect(&server).await;
+    let mut jobs = traced_subscription(&client, "jobs.cased").await;
 
     client
         .publish_with_headers("jobs.cased", headers(&[(header_name, VALID)]), "job".into())
@@ -91,13 +74,8 @@ async fn upper_cased_traceparent_is_extracted() {
 async fn go_cased_tracestate_and_baggage_reach_the_handler() {
     let telemetry = Telemetry::install();
     let server = NatsServer::start();
-    let client = async_nats::connect(server.url()).await.unwrap();
-    let mut jobs = client
-        .subscribe("jobs.go")
-        .await
-        .unwrap()
-        .with_trace_context();
-    client.flush().await.unwrap();
+    let client = connect(&server).await;
+    let mut jobs = traced_subscription(&client, "jobs.go").await;
 
     // What Go's propagation.HeaderCarrier writes (http.Header canonical form).
     let sent = headers(&[
@@ -270,13 +248,8 @@ async fn wrong_length_traceparent_fields_start_a_new_root() {
 async fn run_cases(cases: &[Case]) {
     let telemetry = Telemetry::install();
     let server = NatsServer::start();
-    let client = async_nats::connect(server.url()).await.unwrap();
-    let mut jobs = client
-        .subscribe("bad.*")
-        .await
-        .unwrap()
-        .with_trace_context();
-    client.flush().await.unwrap();
+    let client = connect(&server).await;
+    let mut jobs = traced_subscription(&client, "bad.*").await;
 
     let mut failures = Vec::new();
     for (i, case) in cases.iter().enumerate() {

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, consumer::pull, stream};
 use async_nats::Client;
-use futures::{Stream, StreamExt};
+use futures::StreamExt;
 use nats_otel::fallback::{BucketError, KeyError};
 use nats_otel::{
     ContextSource, CorePublisher, FallbackError, FallbackKey, KeyInput, KvFallback,
@@ -19,48 +19,20 @@ use nats_otel::{
 };
 use opentelemetry::trace::{Status, TraceContextExt, TraceId};
 use opentelemetry_sdk::trace::SpanData;
+use support::nats::*;
 use support::server::NatsServer;
 use support::telemetry::*;
 use tower::{Layer, Service, ServiceExt};
 use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
-const WAIT: Duration = Duration::from_secs(10);
 const BUCKET: &str = "trace_carriers";
-
-/// The next item of `stream`, failing the test when none comes in time.
-async fn next<S: Stream + Unpin>(stream: &mut S) -> S::Item {
-    tokio::time::timeout(WAIT, stream.next())
-        .await
-        .expect("no message within 10 s: lost?")
-        .expect("the stream ended")
-}
-
-async fn connect(server: &NatsServer) -> Client {
-    async_nats::connect(server.url()).await.unwrap()
-}
-
-/// The `JOBS` stream on `jobs.>`, where the worker consumes.
-async fn jobs_stream(js: &jetstream::Context) -> stream::Stream {
-    js.create_stream(stream::Config {
-        name: "JOBS".into(),
-        subjects: vec!["jobs.>".into()],
-        ..Default::default()
-    })
-    .await
-    .unwrap()
-}
 
 /// A fresh durable pull consumer on `stream`: it starts from the first
 /// message.
 async fn pull_consumer(stream: &stream::Stream, name: &str) -> pull::Stream {
-    stream
-        .create_consumer(pull::Config {
-            durable_name: Some(name.into()),
-            ..Default::default()
-        })
+    durable_consumer(stream, name)
         .await
-        .unwrap()
         .messages()
         .await
         .unwrap()

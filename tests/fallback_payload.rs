@@ -4,21 +4,17 @@
 
 mod support;
 
-use std::time::Duration;
-
-use futures::{Stream, StreamExt};
 use nats_otel::{
     ContextSource, CorePublisher, MessageContextExt, MessageMeta, NoContextReason, Publish,
     TraceCarrier, TraceContextStreamExt, TracePropagationLayer,
 };
 use opentelemetry::trace::TraceContextExt;
 use serde::{Deserialize, Serialize};
+use support::nats::*;
 use support::server::NatsServer;
 use support::telemetry::*;
 use tower::{Layer, Service, ServiceExt};
 use tracing::Instrument;
-
-const WAIT: Duration = Duration::from_secs(10);
 
 /// The job document the worker already reads, with the carrier flattened
 /// into it.
@@ -35,18 +31,11 @@ fn job_carrier(meta: &MessageMeta<'_>) -> Option<TraceCarrier> {
         .map(|job| job.trace)
 }
 
-async fn next<S: Stream + Unpin>(stream: &mut S) -> S::Item {
-    tokio::time::timeout(WAIT, stream.next())
-        .await
-        .expect("no message within 10 s: lost?")
-        .expect("the stream ended")
-}
-
 #[tokio::test]
 async fn payload_carrier_restores_the_api_parent_without_headers() {
     let telemetry = Telemetry::install();
     let server = NatsServer::start();
-    let client = async_nats::connect(server.url()).await.unwrap();
+    let client = connect(&server).await;
     let mut jobs = client
         .subscribe("jobs.payload")
         .await
@@ -93,7 +82,7 @@ async fn payload_carrier_restores_the_api_parent_without_headers() {
 async fn headers_win_over_a_disagreeing_payload_carrier_and_it_is_noted() {
     let telemetry = Telemetry::install();
     let server = NatsServer::start();
-    let client = async_nats::connect(server.url()).await.unwrap();
+    let client = connect(&server).await;
     let mut jobs = client
         .subscribe("jobs.both")
         .await

@@ -23,6 +23,7 @@ use opentelemetry::baggage::BaggageExt;
 use opentelemetry::trace::{SpanId, TraceContextExt, TraceId};
 use opentelemetry::{KeyValue, StringValue};
 use serde_json::Value;
+use support::nats::*;
 use support::server::NatsServer;
 use support::telemetry::*;
 use tokio::io::{AsyncBufReadExt, BufReader, Lines};
@@ -118,7 +119,7 @@ async fn python_producer_to_rust_consumer(casing: &str, names: [&str; 3]) {
     let [traceparent_name, tracestate_name, baggage_name] = names;
     let telemetry = Telemetry::install();
     let server = NatsServer::start();
-    let client = async_nats::connect(server.url()).await.unwrap();
+    let client = connect(&server).await;
     let subject = format!("interop.py.{casing}");
     let mut jobs = client
         .subscribe(subject.clone())
@@ -225,7 +226,7 @@ async fn java_lowercase_producer_tracestate_and_unicode_baggage_reach_the_handle
 async fn rust_producer_to_python_consumer_keeps_trace_and_parent() {
     let telemetry = Telemetry::install();
     let server = NatsServer::start();
-    let client = async_nats::connect(server.url()).await.unwrap();
+    let client = connect(&server).await;
     let subject = "interop.rust.to.py";
 
     let (child, mut out) = peer(&["consume", "--url", &server.url(), "--subject", subject]);

@@ -13,6 +13,7 @@ use nats_otel::{
     ContextSource, CorePublisher, MessageContextExt, Publish, TraceContextStreamExt,
     TracePropagationLayer,
 };
+use support::nats::*;
 use support::server::NatsServer;
 use tower::{Layer, Service, ServiceExt};
 use tracing::field::{Field, Visit};
@@ -52,7 +53,7 @@ async fn publish_without_valid_context_warns_once_and_sends_no_traceparent() {
     let _guard = tracing::subscriber::set_default(subscriber);
 
     let server = NatsServer::start();
-    let client = async_nats::connect(server.url()).await.unwrap();
+    let client = connect(&server).await;
     let mut messages = client.subscribe("jobs").await.unwrap().with_trace_context();
     let mut publisher = TracePropagationLayer::new().layer(CorePublisher::new(client.clone()));
     for i in 0..3 {

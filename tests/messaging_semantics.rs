@@ -5,7 +5,7 @@ mod support;
 
 use std::time::Duration;
 
-use async_nats::jetstream::{self, consumer::pull, stream, AckKind};
+use async_nats::jetstream::{self, consumer::pull, AckKind};
 use futures::StreamExt;
 use nats_otel::{
     ContextExtractor, ContextSource, JetStreamPublisher, MessageContextExt, NoContextReason,
@@ -13,6 +13,7 @@ use nats_otel::{
 };
 use opentelemetry::trace::SpanKind;
 use opentelemetry::Value;
+use support::nats::*;
 use support::server::NatsServer;
 use support::telemetry::*;
 use tower::{Layer, Service, ServiceExt};
@@ -22,16 +23,9 @@ async fn setup(
     server: &NatsServer,
     ack_wait: Duration,
 ) -> (jetstream::Context, jetstream::consumer::PullConsumer) {
-    let client = async_nats::connect(server.url()).await.unwrap();
+    let client = connect(server).await;
     let js = jetstream::new(client);
-    let stream = js
-        .create_stream(stream::Config {
-            name: "JOBS".into(),
-            subjects: vec!["jobs.>".into()],
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    let stream = jobs_stream(&js).await;
     let consumer = stream
         .create_consumer(pull::Config {
             durable_name: Some("worker".into()),
@@ -46,17 +40,8 @@ async fn setup(
 async fn publish_in_span(js: &jetstream::Context, span_name: &'static str, subject: &str) {
     let mut publisher = TracePropagationLayer::new().layer(JetStreamPublisher::new(js.clone()));
     let span = tracing::info_span!("api", otel.name = span_name);
-    async {
-        publisher
-            .ready()
-            .await
-            .unwrap()
-            .call(Publish::new(subject.to_owned(), "{}"))
-            .await
-            .unwrap();
-    }
-    .instrument(span)
-    .await;
+    support::nats::publish_in_span(&mut publisher, span, Publish::new(subject.to_owned(), "{}"))
+        .await;
 }
 
 #[tokio::test]
@@ -220,7 +205,7 @@ async fn redelivery_new_trace_with_link_when_configured() {
 async fn filters_names_and_captured_headers() {
     let telemetry = Telemetry::install();
     let server = NatsServer::start();
-    let client = async_nats::connect(server.url()).await.unwrap();
+    let client = connect(&server).await;
     let mut subscriber = client
         .subscribe("orders.>")
         .await

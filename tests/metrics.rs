@@ -15,6 +15,7 @@ use nats_otel::{
 };
 use opentelemetry_sdk::metrics::data::{AggregatedMetrics, MetricData};
 use opentelemetry_sdk::metrics::{InMemoryMetricExporter, PeriodicReader, SdkMeterProvider};
+use support::nats::*;
 use support::server::NatsServer;
 use support::telemetry::Telemetry;
 use tower::{Layer, Service, ServiceExt};
@@ -76,7 +77,7 @@ async fn extraction_counts_by_source_and_reason() {
     let _telemetry = Telemetry::install();
 
     let server = NatsServer::start();
-    let client = async_nats::connect(server.url()).await.unwrap();
+    let client = connect(&server).await;
     let js = async_nats::jetstream::new(client.clone());
     let bucket = KvFallback::open_bucket(&js, "carriers").await.unwrap();
     let fallback = KvFallback::new(bucket, FallbackKey::subject_token(1));

@@ -10,13 +10,14 @@ use std::time::Duration;
 use futures::StreamExt;
 use nats_otel::{
     global_propagator_is_noop, ContextSource, CorePublisher, MessageContextExt, Publish,
-    TraceContextStreamExt, TracePropagationLayer,
+    TracePropagationLayer,
 };
 use opentelemetry::baggage::BaggageExt;
 use opentelemetry::{KeyValue, StringValue};
+use support::nats::*;
 use support::server::NatsServer;
 use support::telemetry::*;
-use tower::{Layer, Service, ServiceExt};
+use tower::Layer;
 use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
@@ -28,31 +29,20 @@ async fn noop_global_propagator_still_propagates_publish_to_consume() {
     );
     let telemetry = Telemetry::install();
     let server = NatsServer::start();
-    let client = async_nats::connect(server.url()).await.unwrap();
-    let mut jobs = client
-        .subscribe("jobs.noop")
-        .await
-        .unwrap()
-        .with_trace_context();
-    client.flush().await.unwrap();
+    let client = connect(&server).await;
+    let mut jobs = traced_subscription(&client, "jobs.noop").await;
 
     let mut publisher = TracePropagationLayer::new().layer(CorePublisher::new(client.clone()));
     let api = tracing::info_span!("api");
     let api_cx = api
         .context()
         .with_baggage([KeyValue::new("tenant", "acme")]);
-    async {
-        publisher
-            .ready()
-            .await
-            .unwrap()
-            .call(Publish::new("jobs.noop", "job").context(api_cx))
-            .await
-            .unwrap();
-    }
-    .instrument(api.clone())
+    publish_in_span(
+        &mut publisher,
+        api,
+        Publish::new("jobs.noop", "job").context(api_cx),
+    )
     .await;
-    drop(api);
 
     let (message, cx) = tokio::time::timeout(Duration::from_secs(10), jobs.next())
         .await

@@ -6,59 +6,28 @@ mod support;
 
 use std::time::Duration;
 
-use futures::{Stream, StreamExt};
 use nats_otel::{
-    ContextSource, CorePublisher, MessageContextExt, Publish, Requester, TraceContextStreamExt,
-    TracePropagationLayer,
+    ContextSource, CorePublisher, MessageContextExt, Publish, Requester, TracePropagationLayer,
 };
 use opentelemetry::trace::{Span as _, SpanId, SpanKind, TraceContextExt, TraceId, Tracer as _};
 use opentelemetry::Context;
+use support::nats::*;
 use support::server::NatsServer;
 use support::telemetry::*;
 use tower::{Layer, Service, ServiceExt};
 use tracing::Instrument;
 use tracing_opentelemetry::{OpenTelemetrySpanExt, SetParentError};
 
-const WAIT: Duration = Duration::from_secs(10);
-
-/// The next item of `stream`, failing the test when none comes in time.
-async fn next<S: Stream + Unpin>(stream: &mut S) -> S::Item {
-    tokio::time::timeout(WAIT, stream.next())
-        .await
-        .expect("no message within 10 s: lost?")
-        .expect("the subscription ended")
-}
-
-async fn connect(server: &NatsServer) -> async_nats::Client {
-    async_nats::connect(server.url()).await.unwrap()
-}
-
 #[tokio::test]
 async fn core_publish_subscribe_keeps_one_trace_api_publish_process_handler() {
     let telemetry = Telemetry::install();
     let server = NatsServer::start();
     let client = connect(&server).await;
-    let mut jobs = client
-        .subscribe("jobs.core")
-        .await
-        .unwrap()
-        .with_trace_context();
-    client.flush().await.unwrap();
+    let mut jobs = traced_subscription(&client, "jobs.core").await;
 
     let mut publisher = TracePropagationLayer::new().layer(CorePublisher::new(client.clone()));
     let api = tracing::info_span!("api");
-    async {
-        publisher
-            .ready()
-            .await
-            .unwrap()
-            .call(Publish::new("jobs.core", "{\"id\":1}"))
-            .await
-            .unwrap();
-    }
-    .instrument(api.clone())
-    .await;
-    drop(api);
+    publish_in_span(&mut publisher, api, Publish::new("jobs.core", "{\"id\":1}")).await;
 
     let (message, cx) = next(&mut jobs).await;
     assert_eq!(&message.payload[..], b"{\"id\":1}");
@@ -106,12 +75,7 @@ async fn request_reply_responder_joins_the_requesters_trace() {
     let server = NatsServer::start();
     let client = connect(&server).await;
 
-    let mut requests = client
-        .subscribe("svc.echo")
-        .await
-        .unwrap()
-        .with_trace_context();
-    client.flush().await.unwrap();
+    let mut requests = traced_subscription(&client, "svc.echo").await;
     let responder_client = client.clone();
     let responder = tokio::spawn(async move {
         let (request, cx) = next(&mut requests).await;
@@ -141,18 +105,7 @@ async fn request_reply_responder_joins_the_requesters_trace() {
 
     let mut requester = TracePropagationLayer::new().layer(Requester::new(client.clone()));
     let api = tracing::info_span!("api");
-    let reply = async {
-        requester
-            .ready()
-            .await
-            .unwrap()
-            .call(Publish::new("svc.echo", "ping"))
-            .await
-            .unwrap()
-    }
-    .instrument(api.clone())
-    .await;
-    drop(api);
+    let reply = publish_in_span(&mut requester, api, Publish::new("svc.echo", "ping")).await;
     assert_eq!(&reply.payload[..], b"pong:ping", "the reply arrives");
     tokio::time::timeout(WAIT, responder)
         .await
@@ -183,12 +136,7 @@ async fn caller_set_traceparent_is_kept_in_any_casing() {
     let telemetry = Telemetry::install();
     let server = NatsServer::start();
     let client = connect(&server).await;
-    let mut jobs = client
-        .subscribe("jobs.caller.*")
-        .await
-        .unwrap()
-        .with_trace_context();
-    client.flush().await.unwrap();
+    let mut jobs = traced_subscription(&client, "jobs.caller.*").await;
     let mut publisher = TracePropagationLayer::new().layer(CorePublisher::new(client.clone()));
 
     for (i, header) in ["traceparent", "Traceparent"].into_iter().enumerate() {
@@ -245,30 +193,19 @@ async fn explicit_context_parents_the_producer_span() {
     let telemetry = Telemetry::install();
     let server = NatsServer::start();
     let client = connect(&server).await;
-    let mut jobs = client
-        .subscribe("jobs.explicit")
-        .await
-        .unwrap()
-        .with_trace_context();
-    client.flush().await.unwrap();
+    let mut jobs = traced_subscription(&client, "jobs.explicit").await;
     let mut publisher = TracePropagationLayer::new().layer(CorePublisher::new(client.clone()));
 
     // A span from elsewhere (e.g. a batch job that collected the request).
     let origin = tracing::info_span!("origin");
     let origin_cx = origin.context();
     let api = tracing::info_span!("api");
-    async {
-        publisher
-            .ready()
-            .await
-            .unwrap()
-            .call(Publish::new("jobs.explicit", "job").context(origin_cx))
-            .await
-            .unwrap();
-    }
-    .instrument(api.clone())
+    publish_in_span(
+        &mut publisher,
+        api,
+        Publish::new("jobs.explicit", "job").context(origin_cx),
+    )
     .await;
-    drop(api);
     drop(origin);
 
     let (message, cx) = next(&mut jobs).await;
@@ -296,12 +233,7 @@ async fn context_current_propagates_without_an_opentelemetry_layer() {
     let otel = OtelWithoutLayer::install();
     let server = NatsServer::start();
     let client = connect(&server).await;
-    let mut jobs = client
-        .subscribe("jobs.plain")
-        .await
-        .unwrap()
-        .with_trace_context();
-    client.flush().await.unwrap();
+    let mut jobs = traced_subscription(&client, "jobs.plain").await;
     let mut publisher = TracePropagationLayer::new().layer(CorePublisher::new(client.clone()));
 
     let api = otel.tracer().start("api");
@@ -353,25 +285,10 @@ async fn handler_span_entered_too_early_is_reported_not_silent() {
     let telemetry = Telemetry::install();
     let server = NatsServer::start();
     let client = connect(&server).await;
-    let mut jobs = client
-        .subscribe("jobs.early")
-        .await
-        .unwrap()
-        .with_trace_context();
-    client.flush().await.unwrap();
+    let mut jobs = traced_subscription(&client, "jobs.early").await;
     let mut publisher = TracePropagationLayer::new().layer(CorePublisher::new(client.clone()));
     let api = tracing::info_span!("api");
-    async {
-        publisher
-            .ready()
-            .await
-            .unwrap()
-            .call(Publish::new("jobs.early", "job"))
-            .await
-            .unwrap();
-    }
-    .instrument(api)
-    .await;
+    publish_in_span(&mut publisher, api, Publish::new("jobs.early", "job")).await;
 
     let (_message, cx) = next(&mut jobs).await;
     let handler = tracing::info_span!("handler");

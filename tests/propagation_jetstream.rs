@@ -5,9 +5,9 @@ mod support;
 
 use std::time::Duration;
 
-use async_nats::jetstream::consumer::{pull, PullConsumer};
+use async_nats::jetstream::consumer::PullConsumer;
 use async_nats::jetstream::context::PublishErrorKind;
-use async_nats::jetstream::{self, stream};
+use async_nats::jetstream::{self};
 use futures::{Stream, StreamExt};
 use nats_otel::{
     ContextSource, JetStreamPublisher, MessageContextExt, Publish, TraceContextStreamExt,
@@ -15,34 +15,21 @@ use nats_otel::{
 };
 use opentelemetry::trace::{SpanKind, Status};
 use opentelemetry::Context;
+use support::nats::*;
 use support::server::NatsServer;
 use support::telemetry::*;
 use tower::{Layer, Service, ServiceExt};
 use tracing::Instrument;
 
-const WAIT: Duration = Duration::from_secs(10);
 const SUBJECTS: [&str; 3] = ["orders.0", "orders.1", "orders.2"];
 
 /// A JetStream context with stream `ORDERS` on `orders.>` and a durable
 /// pull consumer `worker`.
 async fn orders(server: &NatsServer) -> (jetstream::Context, PullConsumer) {
-    let client = async_nats::connect(server.url()).await.unwrap();
+    let client = connect(server).await;
     let js = jetstream::new(client);
-    let stream = js
-        .create_stream(stream::Config {
-            name: "ORDERS".into(),
-            subjects: vec!["orders.>".into()],
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    let consumer = stream
-        .create_consumer(pull::Config {
-            durable_name: Some("worker".into()),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    let stream = create_stream(&js, "ORDERS", "orders.>").await;
+    let consumer = durable_consumer(&stream, "worker").await;
     (js, consumer)
 }
 
@@ -52,16 +39,11 @@ async fn publish_from_separate_requests(js: &jetstream::Context) {
     let mut publisher = TracePropagationLayer::new().layer(JetStreamPublisher::new(js.clone()));
     for (i, subject) in SUBJECTS.iter().enumerate() {
         let api = tracing::info_span!("api", otel.name = format!("api {i}"));
-        let ack = async {
-            publisher
-                .ready()
-                .await
-                .unwrap()
-                .call(Publish::new(*subject, format!("order {i}")))
-                .await
-                .unwrap()
-        }
-        .instrument(api)
+        let ack = publish_in_span(
+            &mut publisher,
+            api,
+            Publish::new(*subject, format!("order {i}")),
+        )
         .await;
         assert_eq!(ack.stream, "ORDERS");
     }
@@ -178,7 +160,7 @@ async fn jetstream_batch_gives_each_message_its_own_publishers_trace() {
 async fn jetstream_publish_without_stream_returns_the_error_and_marks_the_span() {
     let telemetry = Telemetry::install();
     let server = NatsServer::start();
-    let client = async_nats::connect(server.url()).await.unwrap();
+    let client = connect(&server).await;
     let js = jetstream::new(client);
 
     // The same publish without the layer, for comparison.

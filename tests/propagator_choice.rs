@@ -19,10 +19,10 @@ use opentelemetry::propagation::text_map_propagator::FieldIter;
 use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
 use opentelemetry::{Context, KeyValue};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
+use support::nats::*;
 use support::server::NatsServer;
 use support::telemetry::*;
-use tower::{Layer, Service, ServiceExt};
-use tracing::Instrument;
+use tower::Layer;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 fn set_global_trace_context() {
@@ -45,16 +45,11 @@ async fn publish_from_api(layer: TracePropagationLayer, client: &Client, subject
     let api_cx = api
         .context()
         .with_baggage([KeyValue::new("tenant", "acme")]);
-    async {
-        publisher
-            .ready()
-            .await
-            .unwrap()
-            .call(Publish::new(subject.to_owned(), "job").context(api_cx))
-            .await
-            .unwrap();
-    }
-    .instrument(api)
+    publish_in_span(
+        &mut publisher,
+        api,
+        Publish::new(subject.to_owned(), "job").context(api_cx),
+    )
     .await;
 }
 
@@ -63,13 +58,8 @@ async fn global_trace_context_propagator_is_used_when_set() {
     set_global_trace_context();
     let telemetry = Telemetry::install();
     let server = NatsServer::start();
-    let client = async_nats::connect(server.url()).await.unwrap();
-    let mut jobs = client
-        .subscribe("jobs.global")
-        .await
-        .unwrap()
-        .with_trace_context();
-    client.flush().await.unwrap();
+    let client = connect(&server).await;
+    let mut jobs = traced_subscription(&client, "jobs.global").await;
 
     publish_from_api(TracePropagationLayer::new(), &client, "jobs.global").await;
 
@@ -158,7 +148,7 @@ async fn custom_propagator_on_both_sides_wins_over_the_global() {
     set_global_trace_context();
     let telemetry = Telemetry::install();
     let server = NatsServer::start();
-    let client = async_nats::connect(server.url()).await.unwrap();
+    let client = connect(&server).await;
     let mut custom = client
         .subscribe("jobs.custom")
         .await
@@ -166,12 +156,7 @@ async fn custom_propagator_on_both_sides_wins_over_the_global() {
         .with_trace_context()
         .propagator(RenamedTraceContext::new());
     // A second consumer of the same message, with the default choice.
-    let mut default = client
-        .subscribe("jobs.custom")
-        .await
-        .unwrap()
-        .with_trace_context();
-    client.flush().await.unwrap();
+    let mut default = traced_subscription(&client, "jobs.custom").await;
 
     publish_from_api(
         TracePropagationLayer::new().propagator(RenamedTraceContext::new()),

@@ -25,13 +25,14 @@ use std::task::{Context as TaskContext, Poll};
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::consumer::{pull, AckPolicy, PullConsumer};
-use async_nats::jetstream::{self, stream};
+use async_nats::jetstream::{self};
 use futures::{Stream, StreamExt};
 use nats_otel::{
     ContextExtractingConsumer, ContextSource, JetStreamPublisher, MessageContextExt, Publish,
     TraceContextStreamExt, TracePropagationLayer,
 };
 use opentelemetry::trace::{TraceContextExt, TraceId};
+use support::nats::*;
 use support::server::NatsServer;
 use support::telemetry::*;
 use tower::{Layer, Service, ServiceExt};
@@ -173,14 +174,7 @@ async fn restart_mid_stream(crash: bool) {
         .await
         .unwrap();
     let js = jetstream::new(client);
-    let stream = js
-        .create_stream(stream::Config {
-            name: "JOBS".into(),
-            subjects: vec!["jobs.>".into()],
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    let stream = jobs_stream(&js).await;
     let consumer: PullConsumer = stream
         .create_consumer(pull::Config {
             durable_name: Some("worker".into()),
@@ -403,7 +397,7 @@ async fn slow_kv_lookups_hold_at_most_one_message() {
     const MESSAGES: usize = 200;
     let _telemetry = Telemetry::install();
     let server = NatsServer::start();
-    let client = async_nats::connect(server.url()).await.unwrap();
+    let client = connect(&server).await;
     let js = jetstream::new(client);
     let bucket = KvFallback::open_bucket(&js, "carriers").await.unwrap();
     let fallback = KvFallback::new(bucket, FallbackKey::subject_token(1));

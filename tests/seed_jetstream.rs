@@ -4,54 +4,36 @@
 
 mod support;
 
-use async_nats::jetstream::{self, consumer::pull, stream};
+use async_nats::jetstream::{self};
 use futures::StreamExt;
 use nats_otel::{
     ContextSource, JetStreamPublisher, MessageContextExt, Publish, TraceContextStreamExt,
     TracePropagationLayer,
 };
 use opentelemetry::trace::SpanKind;
+use support::nats::*;
 use support::server::NatsServer;
 use support::telemetry::*;
-use tower::{Layer, Service, ServiceExt};
+use tower::Layer;
 use tracing::Instrument;
 
 #[tokio::test]
 async fn seed_scenario_one_trace_through_jetstream() {
     let telemetry = Telemetry::install();
     let server = NatsServer::start();
-    let client = async_nats::connect(server.url()).await.unwrap();
+    let client = connect(&server).await;
     let js = jetstream::new(client);
-    let stream = js
-        .create_stream(stream::Config {
-            name: "JOBS".into(),
-            subjects: vec!["jobs.>".into()],
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    let consumer = stream
-        .create_consumer(pull::Config {
-            durable_name: Some("worker".into()),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    let stream = jobs_stream(&js).await;
+    let consumer = durable_consumer(&stream, "worker").await;
 
     let mut publisher = TracePropagationLayer::new().layer(JetStreamPublisher::new(js.clone()));
     let api = tracing::info_span!("api");
-    let ack = async {
-        publisher
-            .ready()
-            .await
-            .unwrap()
-            .call(Publish::new("jobs.resize", "{\"id\":1}"))
-            .await
-            .unwrap()
-    }
-    .instrument(api.clone())
+    let ack = publish_in_span(
+        &mut publisher,
+        api,
+        Publish::new("jobs.resize", "{\"id\":1}"),
+    )
     .await;
-    drop(api);
     assert_eq!(ack.stream, "JOBS");
 
     let mut messages = consumer.messages().await.unwrap().with_trace_context();

@@ -17,13 +17,14 @@ mod support;
 
 use std::time::Duration;
 
-use async_nats::jetstream::{self, consumer::pull, stream};
+use async_nats::jetstream::{self};
 use async_nats::HeaderMap;
 use futures::StreamExt;
 use nats_otel::{
     ContextSource, JetStreamPublisher, MessageContextExt, Publish, TraceContextStreamExt,
     TracePropagationLayer,
 };
+use support::nats::*;
 use support::server::{binary_for_version, NatsServer, PINNED_SERVER};
 use support::telemetry::*;
 use tower::{Layer, Service, ServiceExt};
@@ -81,23 +82,10 @@ async fn round_trip_on(version: &str) {
         .start();
     assert_eq!(server.version(), version, "the binary reports its version");
 
-    let client = async_nats::connect(server.url()).await.unwrap();
+    let client = connect(&server).await;
     let js = jetstream::new(client.clone());
-    let stream = js
-        .create_stream(stream::Config {
-            name: "MATRIX".into(),
-            subjects: vec!["matrix.>".into()],
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    let consumer = stream
-        .create_consumer(pull::Config {
-            durable_name: Some("matrix".into()),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    let stream = create_stream(&js, "MATRIX", "matrix.>").await;
+    let consumer = durable_consumer(&stream, "matrix").await;
 
     let mut publisher = TracePropagationLayer::new().layer(JetStreamPublisher::new(js.clone()));
     async {

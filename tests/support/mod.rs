@@ -1,4 +1,5 @@
 //! Shared helpers for the integration tests.
 
+pub mod nats;
 pub mod server;
 pub mod telemetry;

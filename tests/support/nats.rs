@@ -1,0 +1,134 @@
+//! Client-side setup shared by the integration tests: connecting, JetStream
+//! streams and consumers, traced subscriptions and publishing inside a span.
+#![allow(dead_code)]
+
+use std::fmt::Debug;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer::pull, consumer::PullConsumer, stream};
+use async_nats::{Client, Subscriber};
+use futures::{Stream, StreamExt};
+use nats_otel::{ContextExtractingConsumer, Publish, TraceContextStreamExt};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tower::{Service, ServiceExt};
+use tracing::Instrument;
+
+use super::server::NatsServer;
+
+/// How long a test waits for a message before calling it lost.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+/// A client connected to `server`.
+pub async fn connect(server: &NatsServer) -> Client {
+    async_nats::connect(server.url()).await.unwrap()
+}
+
+/// A JetStream context on a fresh client connected to `server`.
+pub async fn jetstream(server: &NatsServer) -> jetstream::Context {
+    jetstream::new(connect(server).await)
+}
+
+/// Creates stream `name` capturing `subjects`.
+pub async fn create_stream(js: &jetstream::Context, name: &str, subjects: &str) -> stream::Stream {
+    js.create_stream(stream::Config {
+        name: name.into(),
+        subjects: vec![subjects.into()],
+        ..Default::default()
+    })
+    .await
+    .unwrap()
+}
+
+/// The `JOBS` stream on `jobs.>`.
+pub async fn jobs_stream(js: &jetstream::Context) -> stream::Stream {
+    create_stream(js, "JOBS", "jobs.>").await
+}
+
+/// A fresh durable pull consumer `name` on `stream`: it starts from the
+/// first message.
+pub async fn durable_consumer(stream: &stream::Stream, name: &str) -> PullConsumer {
+    stream
+        .create_consumer(pull::Config {
+            durable_name: Some(name.into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+}
+
+/// Subscribes to `subject` through the trace-context adapter and flushes,
+/// so the subscription is in place before anything is published.
+pub async fn traced_subscription(
+    client: &Client,
+    subject: &str,
+) -> ContextExtractingConsumer<Subscriber> {
+    let subscription = client
+        .subscribe(subject.to_owned())
+        .await
+        .unwrap()
+        .with_trace_context();
+    client.flush().await.unwrap();
+    subscription
+}
+
+/// Calls `publisher` with `publish` inside `span`, failing the test on an
+/// error; the span is closed when this returns.
+pub async fn publish_in_span<S>(
+    publisher: &mut S,
+    span: tracing::Span,
+    publish: Publish,
+) -> S::Response
+where
+    S: Service<Publish>,
+    S::Error: Debug,
+{
+    async {
+        publisher
+            .ready()
+            .await
+            .unwrap()
+            .call(publish)
+            .await
+            .unwrap()
+    }
+    .instrument(span)
+    .await
+}
+
+/// The next item of `stream`, failing the test when none comes within
+/// [`WAIT`] or the stream ends.
+pub async fn next<S: Stream + Unpin>(stream: &mut S) -> S::Item {
+    tokio::time::timeout(WAIT, stream.next())
+        .await
+        .expect("no message within 10 s: lost?")
+        .expect("the stream ended")
+}
+
+/// A NATS protocol peer that announces `"headers": false`, like servers
+/// before 2.2, and answers PING; enough for a client to connect and flush.
+pub async fn headerless_server() -> (String, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let task = tokio::spawn(async move {
+        while let Ok((socket, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let (read, mut write) = socket.into_split();
+                let info = format!(
+                    "INFO {{\"server_id\":\"OLD\",\"server_name\":\"old\",\"version\":\"2.1.9\",\
+                     \"go\":\"go1.14\",\"host\":\"127.0.0.1\",\"port\":{port},\"headers\":false,\
+                     \"max_payload\":1048576,\"proto\":1}}\r\n"
+                );
+                if write.write_all(info.as_bytes()).await.is_err() {
+                    return;
+                }
+                let mut lines = BufReader::new(read).lines();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    if line.starts_with("PING") && write.write_all(b"PONG\r\n").await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (format!("nats://127.0.0.1:{port}"), task)
+}
