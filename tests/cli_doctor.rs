@@ -5,13 +5,12 @@
 
 mod support;
 
-use async_nats::jetstream::{self, stream};
+use async_nats::jetstream;
 use async_nats::{Client, HeaderMap};
 use futures::StreamExt;
 use serde_json::Value;
 use support::nats::*;
 use support::server::NatsServer;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 const BIN: &str = env!("CARGO_BIN_EXE_nats-otel");
 
@@ -48,6 +47,25 @@ async fn nats_otel(args: &[&str]) -> Run {
         run.stderr
     );
     run
+}
+
+/// `nats-otel doctor` on the path from `subject` to `listen` (the relays
+/// in between), with `extra` arguments after them.
+async fn doctor_path(url: &str, subject: &str, listen: &str, extra: &[&str]) -> Run {
+    let args = [
+        &[
+            "doctor",
+            "--server",
+            url,
+            "--subject",
+            subject,
+            "--listen",
+            listen,
+        ][..],
+        extra,
+    ]
+    .concat();
+    nats_otel(&args).await
 }
 
 /// Republishes every message on `from` to `to`, with the headers `rewrite`
@@ -178,24 +196,15 @@ async fn relay_stripping_headers_exits_1_and_names_the_transit_step() {
     let server = NatsServer::start();
     let client = connect(&server).await;
     let _relay = relay(&client, "orders.in", "orders.out", |_| None).await;
-    let args = [
-        "doctor",
-        "--server",
-        &server.url(),
-        "--subject",
-        "orders.in",
-        "--listen",
-        "orders.out",
-    ];
 
-    let run = nats_otel(&args).await;
+    let run = doctor_path(&server.url(), "orders.in", "orders.out", &[]).await;
     assert_eq!(run.code, 1);
     assert!(run.stdout.contains("FAIL  transit [core]"));
     assert!(run.stdout.contains("verdict: BROKEN at transit [core]"));
     assert!(run.stdout.contains("headers stripped in transit"));
     assert!(run.stdout.contains("between orders.in and orders.out"));
 
-    let run = nats_otel(&[&args[..], &["--json"]].concat()).await;
+    let run = doctor_path(&server.url(), "orders.in", "orders.out", &["--json"]).await;
     assert_eq!(run.code, 1);
     let report = run.json();
     assert_eq!(report["healthy"], false);
@@ -217,27 +226,14 @@ async fn relay_stripping_headers_exits_1_and_names_the_transit_step() {
 async fn relay_into_a_stream_stripping_headers_breaks_both_paths() {
     let server = NatsServer::start();
     let client = connect(&server).await;
-    jetstream::new(client.clone())
-        .create_stream(stream::Config {
-            name: "RELAYED".into(),
-            subjects: vec!["relayed.>".into()],
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    create_stream(&jetstream::new(client.clone()), "RELAYED", "relayed.>").await;
     let _relay = relay(&client, "orders.in", "relayed.orders", |_| None).await;
-    let run = nats_otel(&[
-        "doctor",
-        "--server",
+    let run = doctor_path(
         &server.url(),
-        "--subject",
         "orders.in",
-        "--listen",
         "relayed.orders",
-        "--stream",
-        "RELAYED",
-        "--json",
-    ])
+        &["--stream", "RELAYED", "--json"],
+    )
     .await;
     assert_eq!(run.code, 1);
     let report = run.json();
@@ -261,24 +257,15 @@ async fn producer_with_go_casing_is_reported_and_still_exits_0() {
         rename_traceparent(h, "Traceparent")
     })
     .await;
-    let args = [
-        "doctor",
-        "--server",
-        &server.url(),
-        "--subject",
-        "go.in",
-        "--listen",
-        "go.out",
-    ];
 
-    let run = nats_otel(&args).await;
+    let run = doctor_path(&server.url(), "go.in", "go.out", &[]).await;
     assert_eq!(run.code, 0);
     assert!(run.stdout.contains("WARN  transit [core]"));
     assert!(run.stdout.contains("Traceparent=00-"));
     assert!(run.stdout.contains("header re-cased in transit"));
     assert!(run.stdout.contains("verdict: HEALTHY"));
 
-    let run = nats_otel(&[&args[..], &["--json"]].concat()).await;
+    let run = doctor_path(&server.url(), "go.in", "go.out", &["--json"]).await;
     assert_eq!(run.code, 0);
     let report = run.json();
     assert_eq!(report["healthy"], true);
@@ -302,17 +289,7 @@ async fn traceparent_under_an_unexpected_name_is_detected() {
         rename_traceparent(h, "X-Trace-Context")
     })
     .await;
-    let run = nats_otel(&[
-        "doctor",
-        "--server",
-        &server.url(),
-        "--subject",
-        "rn.in",
-        "--listen",
-        "rn.out",
-        "--json",
-    ])
-    .await;
+    let run = doctor_path(&server.url(), "rn.in", "rn.out", &["--json"]).await;
     assert_eq!(run.code, 1);
     let report = run.json();
     assert_eq!(report["verdict"]["step"], "transit");
@@ -357,31 +334,11 @@ async fn relay_dropping_only_traceparent_and_relay_starting_a_new_trace() {
     .await;
 
     let url = server.url();
-    let run = nats_otel(&[
-        "doctor",
-        "--server",
-        &url,
-        "--subject",
-        "d.in",
-        "--listen",
-        "d.out",
-        "--json",
-    ])
-    .await;
+    let run = doctor_path(&url, "d.in", "d.out", &["--json"]).await;
     assert_eq!(run.code, 1);
     assert_eq!(run.json()["verdict"]["cause"], "traceparent_dropped");
 
-    let run = nats_otel(&[
-        "doctor",
-        "--server",
-        &url,
-        "--subject",
-        "n.in",
-        "--listen",
-        "n.out",
-        "--json",
-    ])
-    .await;
+    let run = doctor_path(&url, "n.in", "n.out", &["--json"]).await;
     assert_eq!(run.code, 1);
     let report = run.json();
     assert_eq!(report["verdict"]["cause"], "trace_replaced");
@@ -396,18 +353,12 @@ async fn kv_fallback_recovering_stripped_headers_is_a_warning() {
     let server = NatsServer::start();
     let client = connect(&server).await;
     let _relay = relay(&client, "kv.in", "kv.out", |_| None).await;
-    let run = nats_otel(&[
-        "doctor",
-        "--server",
+    let run = doctor_path(
         &server.url(),
-        "--subject",
         "kv.in",
-        "--listen",
         "kv.out",
-        "--kv-bucket",
-        "carriers",
-        "--json",
-    ])
+        &["--kv-bucket", "carriers", "--json"],
+    )
     .await;
     assert_eq!(run.code, 0);
     let report = run.json();
@@ -432,18 +383,12 @@ async fn kv_fallback_recovering_stripped_headers_is_a_warning() {
 #[tokio::test]
 async fn probe_that_never_arrives_exits_1() {
     let server = NatsServer::start();
-    let run = nats_otel(&[
-        "doctor",
-        "--server",
+    let run = doctor_path(
         &server.url(),
-        "--subject",
         "nowhere.in",
-        "--listen",
         "nowhere.out",
-        "--timeout",
-        "0.5",
-        "--json",
-    ])
+        &["--timeout", "0.5", "--json"],
+    )
     .await;
     assert_eq!(run.code, 1);
     let report = run.json();
@@ -486,33 +431,4 @@ async fn usage_and_connection_errors_exit_2() {
     let run = nats_otel(&["doctor", "--server", &server.url(), "--stream", "MISSING"]).await;
     assert_eq!(run.code, 2);
     assert!(run.stderr.contains("stream MISSING"));
-}
-
-/// A NATS protocol peer that announces `"headers": false`, like servers
-/// before 2.2, and answers PING.
-async fn headerless_server() -> (String, tokio::task::JoinHandle<()>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let task = tokio::spawn(async move {
-        while let Ok((socket, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let (read, mut write) = socket.into_split();
-                let info = format!(
-                    "INFO {{\"server_id\":\"OLD\",\"server_name\":\"old\",\"version\":\"2.1.9\",\
-                     \"go\":\"go1.14\",\"host\":\"127.0.0.1\",\"port\":{port},\"headers\":false,\
-                     \"max_payload\":1048576,\"proto\":1}}\r\n"
-                );
-                if write.write_all(info.as_bytes()).await.is_err() {
-                    return;
-                }
-                let mut lines = BufReader::new(read).lines();
-                while let Ok(Some(line)) = lines.next_line().await {
-                    if line.starts_with("PING") && write.write_all(b"PONG\r\n").await.is_err() {
-                        return;
-                    }
-                }
-            });
-        }
-    });
-    (format!("nats://127.0.0.1:{port}"), task)
 }

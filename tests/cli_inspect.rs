@@ -63,6 +63,25 @@ async fn run(args: &[&str]) -> (i32, String, String) {
     (output.status.code().unwrap(), stdout, stderr)
 }
 
+/// `nats-otel inspect` on stream `stream`: `how` picks the messages
+/// (`--all`, `--consumer <name>`), `count` of them within 5 s, then `extra`.
+async fn inspect_stream(
+    url: &str,
+    stream: &str,
+    how: &[&str],
+    count: &str,
+    extra: &[&str],
+) -> (i32, String, String) {
+    let args = [
+        &["inspect", "--server", url, "--stream", stream][..],
+        how,
+        &["--count", count, "--timeout", "5"],
+        extra,
+    ]
+    .concat();
+    run(&args).await
+}
+
 #[track_caller]
 fn assert_three_kinds_text(lines: &[&str], prefix: &str, seq: bool) {
     assert_eq!(lines.len(), 3, "{lines:#?}");
@@ -145,36 +164,16 @@ async fn stream_messages_of_three_kinds() {
     let js = jetstream::new(client);
     create_stream(&js, "INSPECT", "insp.>").await;
     let mut publisher = TracePropagationLayer::new().layer(JetStreamPublisher::new(js.clone()));
-    for message in three_kinds("insp") {
-        publisher
-            .ready()
-            .await
-            .unwrap()
-            .call(message)
-            .await
-            .unwrap();
-    }
+    publish_each(&mut publisher, three_kinds("insp")).await;
 
     let url = server.url();
-    let args = [
-        "inspect",
-        "--server",
-        &url,
-        "--stream",
-        "INSPECT",
-        "--all",
-        "--count",
-        "3",
-        "--timeout",
-        "5",
-    ];
-    let (code, stdout, stderr) = run(&args).await;
+    let (code, stdout, stderr) = inspect_stream(&url, "INSPECT", &["--all"], "3", &[]).await;
     assert_eq!(code, 1, "one message would start a new trace");
     let lines: Vec<&str> = stdout.lines().collect();
     assert_three_kinds_text(&lines, "insp", true);
     assert!(stderr.contains("3 messages, 1 without trace context"));
 
-    let (code, stdout, _) = run(&[&args[..], &["--json"]].concat()).await;
+    let (code, stdout, _) = inspect_stream(&url, "INSPECT", &["--all"], "3", &["--json"]).await;
     assert_eq!(code, 1);
     let lines: Vec<&str> = stdout.lines().collect();
     assert_three_kinds_json(&lines, "insp");
@@ -222,15 +221,7 @@ async fn subject_messages_of_three_kinds() {
         assert_eq!(ready, "nats-otel inspect: listening on subject live.>");
 
         let mut publisher = TracePropagationLayer::new().layer(CorePublisher::new(client.clone()));
-        for message in three_kinds("live") {
-            publisher
-                .ready()
-                .await
-                .unwrap()
-                .call(message)
-                .await
-                .unwrap();
-        }
+        publish_each(&mut publisher, three_kinds("live")).await;
         client.flush().await.unwrap();
 
         let mut stdout = String::new();
@@ -278,15 +269,7 @@ async fn consumer_shows_its_unacknowledged_messages_without_acking_them() {
         .call(Publish::new("work.done", "0").context(context(VALID_TRACE)))
         .await
         .unwrap();
-    for message in three_kinds("work") {
-        publisher
-            .ready()
-            .await
-            .unwrap()
-            .call(message)
-            .await
-            .unwrap();
-    }
+    publish_each(&mut publisher, three_kinds("work")).await;
     // The worker handles the first message.
     let mut batch = consumer.fetch().max_messages(1).messages().await.unwrap();
     batch
@@ -299,20 +282,8 @@ async fn consumer_shows_its_unacknowledged_messages_without_acking_them() {
         .unwrap();
 
     let url = server.url();
-    let (code, stdout, stderr) = run(&[
-        "inspect",
-        "--server",
-        &url,
-        "--stream",
-        "WORK",
-        "--consumer",
-        "worker",
-        "--count",
-        "3",
-        "--timeout",
-        "5",
-    ])
-    .await;
+    let (code, stdout, stderr) =
+        inspect_stream(&url, "WORK", &["--consumer", "worker"], "3", &[]).await;
     assert_eq!(code, 1);
     assert!(stderr.contains("after consumer worker's ack floor (sequence 1)"));
     let lines: Vec<&str> = stdout.lines().collect();
@@ -351,19 +322,7 @@ async fn traceparent_under_another_name_is_marked_misplaced() {
         .unwrap();
 
     let url = server.url();
-    let (code, stdout, _) = run(&[
-        "inspect",
-        "--server",
-        &url,
-        "--stream",
-        "ODD",
-        "--all",
-        "--count",
-        "2",
-        "--timeout",
-        "5",
-    ])
-    .await;
+    let (code, stdout, _) = inspect_stream(&url, "ODD", &["--all"], "2", &[]).await;
     assert_eq!(code, 1);
     let lines: Vec<&str> = stdout.lines().collect();
     assert!(lines[0].contains("traceparent=missing  misplaced=X-Trace-Context"));
@@ -416,22 +375,13 @@ async fn kv_fallback_is_reported_as_the_source() {
         .unwrap();
 
     let url = server.url();
-    let (code, stdout, _) = run(&[
-        "inspect",
-        "--server",
+    let (code, stdout, _) = inspect_stream(
         &url,
-        "--stream",
         "KVX",
-        "--all",
-        "--count",
+        &["--all"],
         "1",
-        "--timeout",
-        "5",
-        "--kv-bucket",
-        "carriers",
-        "--kv-key",
-        "subject",
-    ])
+        &["--kv-bucket", "carriers", "--kv-key", "subject"],
+    )
     .await;
     assert_eq!(code, 0, "the context is recovered");
     let line = stdout.lines().next().unwrap();

@@ -165,6 +165,31 @@ where
     .await
 }
 
+/// Publishes jobs `0..JOBS` on `<subject_prefix>.<id>` with [`publish_job`],
+/// setting `half_done` once job `JOBS / 2` is acknowledged. Returns the jobs
+/// published and the attempts made.
+async fn publish_jobs<S, E>(
+    publisher: &mut S,
+    subject_prefix: &str,
+    traces: &TraceIds,
+    half_done: &Cell<bool>,
+) -> (u64, u32)
+where
+    S: Service<Publish, Response = PublishAck, Error = E>,
+    E: std::fmt::Display,
+{
+    let mut published = 0;
+    let mut attempts = 0;
+    for id in 0..JOBS {
+        attempts += publish_job(publisher, subject_prefix, id, traces).await;
+        published += 1;
+        if id == JOBS / 2 {
+            half_done.set(true);
+        }
+    }
+    (published, attempts)
+}
+
 /// What the consumer saw.
 #[derive(Default, Debug)]
 struct Consumed {
@@ -333,18 +358,7 @@ async fn r3_stream_survives_leader_kill_with_every_trace_intact() {
 
     let nodes = RefCell::new(nodes);
     let half_done = Cell::new(false);
-    let mut attempts = 0;
-    let producer = async {
-        let mut published = 0;
-        for id in 0..JOBS {
-            attempts += publish_job(&mut publisher, "cjobs", id, &traces).await;
-            published += 1;
-            if id == JOBS / 2 {
-                half_done.set(true);
-            }
-        }
-        published
-    };
+    let producer = publish_jobs(&mut publisher, "cjobs", &traces, &half_done);
     let consumed = consume(
         &consumer,
         || async { consumer.messages().await.unwrap().with_trace_context() },
@@ -354,7 +368,7 @@ async fn r3_stream_survives_leader_kill_with_every_trace_intact() {
         &traces,
     );
     let killer = kill_when(&half_done, &nodes, &leader);
-    let (published, consumed, ()) = tokio::join!(producer, consumed, killer);
+    let ((published, attempts), consumed, ()) = tokio::join!(producer, consumed, killer);
     eprintln!(
         "killed leader {leader}; {published} jobs in {attempts} publish attempts; consumed: \
          {} unique, {} redelivered, {} stream errors, messages() re-created {} times",
@@ -472,18 +486,7 @@ mod kv_fallback {
         let traces = TraceIds::default();
         let nodes = RefCell::new(nodes);
         let half_done = Cell::new(false);
-        let mut attempts = 0;
-        let producer = async {
-            let mut published = 0;
-            for id in 0..JOBS {
-                attempts += publish_job(&mut publisher, "rjobs", id, &traces).await;
-                published += 1;
-                if id == JOBS / 2 {
-                    half_done.set(true);
-                }
-            }
-            published
-        };
+        let producer = publish_jobs(&mut publisher, "rjobs", &traces, &half_done);
         let consumed = consume(
             &consumer,
             || async {
@@ -500,7 +503,7 @@ mod kv_fallback {
             &traces,
         );
         let killer = kill_when(&half_done, &nodes, &kv_leader);
-        let (published, consumed, ()) = tokio::join!(producer, consumed, killer);
+        let ((published, attempts), consumed, ()) = tokio::join!(producer, consumed, killer);
         eprintln!(
             "killed KV leader {kv_leader}; {published} jobs in {attempts} publish attempts \
              ({:?} on the producer's fallback); consumed: {} unique, {} redelivered, {} nacked after \

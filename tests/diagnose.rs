@@ -15,7 +15,6 @@ use opentelemetry_sdk::propagation::{BaggagePropagator, TraceContextPropagator};
 use opentelemetry_sdk::trace::{InMemorySpanExporter, Sampler, SdkTracerProvider};
 use support::nats::*;
 use support::server::NatsServer;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::Layer as _;
 
@@ -234,33 +233,4 @@ async fn client_on_a_server_without_headers() {
     );
     assert_eq!(findings[0].as_str(), "server_without_headers");
     assert!(findings[0].to_string().contains("old 2.1.9"));
-}
-
-/// A NATS protocol peer that announces `"headers": false`, like servers
-/// before 2.2, and answers PING; enough for a client to connect and flush.
-async fn headerless_server() -> (String, tokio::task::JoinHandle<()>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let task = tokio::spawn(async move {
-        while let Ok((socket, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let (read, mut write) = socket.into_split();
-                let info = format!(
-                    "INFO {{\"server_id\":\"OLD\",\"server_name\":\"old\",\"version\":\"2.1.9\",\
-                     \"go\":\"go1.14\",\"host\":\"127.0.0.1\",\"port\":{port},\"headers\":false,\
-                     \"max_payload\":1048576,\"proto\":1}}\r\n"
-                );
-                if write.write_all(info.as_bytes()).await.is_err() {
-                    return;
-                }
-                let mut lines = BufReader::new(read).lines();
-                while let Ok(Some(line)) = lines.next_line().await {
-                    if line.starts_with("PING") && write.write_all(b"PONG\r\n").await.is_err() {
-                        return;
-                    }
-                }
-            });
-        }
-    });
-    (format!("nats://127.0.0.1:{port}"), task)
 }

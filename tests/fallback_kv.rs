@@ -13,9 +13,9 @@ use async_nats::Client;
 use futures::StreamExt;
 use nats_otel::fallback::{BucketError, KeyError};
 use nats_otel::{
-    ContextSource, CorePublisher, FallbackError, FallbackKey, KeyInput, KvFallback,
-    MessageContextExt, NoContextReason, Publish, TraceContextStreamExt, TracePropagationLayer,
-    WriteFailure, TRACEPARENT,
+    ContextExtractingConsumer, ContextSource, CorePublisher, FallbackError, FallbackKey, KeyInput,
+    KvFallback, KvFallbackService, MessageContextExt, NoContextReason, Publish,
+    TraceContextStreamExt, TracePropagation, TracePropagationLayer, WriteFailure, TRACEPARENT,
 };
 use opentelemetry::trace::{Status, TraceContextExt, TraceId};
 use opentelemetry_sdk::trace::SpanData;
@@ -36,6 +36,36 @@ async fn pull_consumer(stream: &stream::Stream, name: &str) -> pull::Stream {
         .messages()
         .await
         .unwrap()
+}
+
+/// A KV fallback on [`BUCKET`] in `js`, keyed by the subject's second token.
+async fn subject_token_kv(js: &jetstream::Context) -> KvFallback {
+    KvFallback::new(
+        KvFallback::open_bucket(js, BUCKET).await.unwrap(),
+        FallbackKey::subject_token(1),
+    )
+}
+
+/// A core publisher through the layer, writing carriers to `kv`.
+fn kv_publisher(
+    client: &Client,
+    kv: &KvFallback,
+) -> TracePropagation<KvFallbackService<CorePublisher>> {
+    TracePropagationLayer::new()
+        .fallback(kv.clone())
+        .layer(CorePublisher::new(client.clone()))
+}
+
+/// The durable `worker` on `stream` through the adapter, falling back to
+/// `kv` when a message has no usable headers.
+async fn kv_worker(
+    stream: &stream::Stream,
+    kv: &KvFallback,
+) -> ContextExtractingConsumer<pull::Stream> {
+    pull_consumer(stream, "worker")
+        .await
+        .with_trace_context()
+        .fallback(kv.clone())
 }
 
 /// A relay that forwards every message on `ingress.<rest>` to the JetStream
@@ -126,24 +156,16 @@ async fn relay_drops_headers_kv_fallback_restores_the_producer_parent() {
     let client = connect(&server).await;
     let js = jetstream::new(client.clone());
     let stream = jobs_stream(&js).await;
-    let kv = KvFallback::new(
-        KvFallback::open_bucket(&js, BUCKET).await.unwrap(),
-        FallbackKey::subject_token(1),
-    );
+    let kv = subject_token_kv(&js).await;
     let _relay = start_relay(&client, &js).await;
 
-    let mut publisher = TracePropagationLayer::new()
-        .fallback(kv.clone())
-        .layer(CorePublisher::new(client.clone()));
+    let mut publisher = kv_publisher(&client, &kv);
     let api_trace =
         publish_in_api_span(&mut publisher, "ingress.job-1", r#"{"id":1}"#.into()).await;
     assert_eq!(kv.stats().writes, 1);
 
     // Policy on: the worker recovers the context from KV.
-    let mut worker = pull_consumer(&stream, "worker")
-        .await
-        .with_trace_context()
-        .fallback(kv.clone());
+    let mut worker = kv_worker(&stream, &kv).await;
     let (message, cx) = next(&mut worker).await.unwrap();
     assert_eq!(message.subject.as_str(), "jobs.job-1");
     assert!(
@@ -205,10 +227,7 @@ async fn intact_headers_make_no_kv_read() {
     let client = connect(&server).await;
     let js = jetstream::new(client.clone());
     let stream = jobs_stream(&js).await;
-    let kv = KvFallback::new(
-        KvFallback::open_bucket(&js, BUCKET).await.unwrap(),
-        FallbackKey::subject_token(1),
-    );
+    let kv = subject_token_kv(&js).await;
     let _relay = start_relay(&client, &js).await;
     // An independent count of KV reads: `Store::get` on a bucket with
     // `allow_direct` (what `create_key_value` sets) is a request on
@@ -217,17 +236,12 @@ async fn intact_headers_make_no_kv_read() {
     let mut direct_gets = watcher.subscribe("$JS.API.DIRECT.GET.>").await.unwrap();
     watcher.flush().await.unwrap();
 
-    let mut publisher = TracePropagationLayer::new()
-        .fallback(kv.clone())
-        .layer(CorePublisher::new(client.clone()));
+    let mut publisher = kv_publisher(&client, &kv);
     // Straight to the stream: the headers arrive intact.
     publish_in_api_span(&mut publisher, "jobs.intact", "{}".into()).await;
     assert_eq!(kv.stats().writes, 1);
 
-    let mut worker = pull_consumer(&stream, "worker")
-        .await
-        .with_trace_context()
-        .fallback(kv.clone());
+    let mut worker = kv_worker(&stream, &kv).await;
     let (message, cx) = next(&mut worker).await.unwrap();
     assert_eq!(message.subject.as_str(), "jobs.intact");
     assert_eq!(cx.extraction().unwrap().source(), ContextSource::Headers);
@@ -277,9 +291,7 @@ async fn awkward_ids_round_trip_through_a_real_bucket_and_an_empty_id_is_explain
     assert_eq!(long.chars().count(), 300);
     let ids = ["a..b", "a b", "ключ", "x>y", ".lead", long.as_str()];
 
-    let mut publisher = TracePropagationLayer::new()
-        .fallback(kv.clone())
-        .layer(CorePublisher::new(client.clone()));
+    let mut publisher = kv_publisher(&client, &kv);
     let mut traces = Vec::new();
     for id in ids {
         let payload = serde_json::json!({ "id": id }).to_string();
@@ -294,10 +306,7 @@ async fn awkward_ids_round_trip_through_a_real_bucket_and_an_empty_id_is_explain
     );
     assert_eq!(kv.stats().write_failures, 0);
 
-    let mut worker = pull_consumer(&stream, "worker")
-        .await
-        .with_trace_context()
-        .fallback(kv.clone());
+    let mut worker = kv_worker(&stream, &kv).await;
     for (id, trace) in ids.iter().zip(&traces) {
         let (message, cx) = next(&mut worker).await.unwrap();
         let doc: serde_json::Value = serde_json::from_slice(&message.payload).unwrap();
@@ -349,26 +358,17 @@ async fn deleted_bucket_every_message_still_yielded_within_the_lookup_timeout() 
     let js = jetstream::new(client.clone());
     let stream = jobs_stream(&js).await;
     let timeout = Duration::from_millis(200);
-    let kv = KvFallback::new(
-        KvFallback::open_bucket(&js, BUCKET).await.unwrap(),
-        FallbackKey::subject_token(1),
-    )
-    .lookup_timeout(timeout);
+    let kv = subject_token_kv(&js).await.lookup_timeout(timeout);
     let _relay = start_relay(&client, &js).await;
 
-    let mut publisher = TracePropagationLayer::new()
-        .fallback(kv.clone())
-        .layer(CorePublisher::new(client.clone()));
+    let mut publisher = kv_publisher(&client, &kv);
     for i in 0..3 {
         publish_in_api_span(&mut publisher, &format!("ingress.del-{i}"), "{}".into()).await;
     }
     assert_eq!(kv.stats().writes, 3);
     js.delete_key_value(BUCKET).await.unwrap();
 
-    let mut worker = pull_consumer(&stream, "worker")
-        .await
-        .with_trace_context()
-        .fallback(kv.clone());
+    let mut worker = kv_worker(&stream, &kv).await;
     for i in 0..3 {
         let started = Instant::now();
         let (message, cx) = next(&mut worker).await.unwrap();
@@ -450,24 +450,15 @@ async fn frozen_kv_server_each_message_waits_only_the_lookup_timeout() {
     let kv_server = NatsServer::start();
     let kv_js = jetstream::new(connect(&kv_server).await);
     let timeout = Duration::from_millis(200);
-    let kv = KvFallback::new(
-        KvFallback::open_bucket(&kv_js, BUCKET).await.unwrap(),
-        FallbackKey::subject_token(1),
-    )
-    .lookup_timeout(timeout);
+    let kv = subject_token_kv(&kv_js).await.lookup_timeout(timeout);
     let _relay = start_relay(&client, &js).await;
 
-    let mut publisher = TracePropagationLayer::new()
-        .fallback(kv.clone())
-        .layer(CorePublisher::new(client.clone()));
+    let mut publisher = kv_publisher(&client, &kv);
     for i in 0..3 {
         publish_in_api_span(&mut publisher, &format!("ingress.slow-{i}"), "{}".into()).await;
     }
     assert_eq!(kv.stats().writes, 3);
-    let mut worker = pull_consumer(&stream, "worker")
-        .await
-        .with_trace_context()
-        .fallback(kv.clone());
+    let mut worker = kv_worker(&stream, &kv).await;
     // Wait until the relay has stored all three.
     let deadline = Instant::now() + WAIT;
     let mut jobs = js.get_stream("JOBS").await.unwrap();
@@ -521,9 +512,7 @@ async fn required_write_failure_publishes_nothing() {
     let mut events = watcher.subscribe("events.>").await.unwrap();
     watcher.flush().await.unwrap();
 
-    let mut publisher = TracePropagationLayer::new()
-        .fallback(kv.clone())
-        .layer(CorePublisher::new(client.clone()));
+    let mut publisher = kv_publisher(&client, &kv);
     let result = async {
         publisher
             .ready()
@@ -572,9 +561,7 @@ async fn best_effort_write_failure_publishes_and_records_an_event() {
     let mut events = watcher.subscribe("events.>").await.unwrap();
     watcher.flush().await.unwrap();
 
-    let mut publisher = TracePropagationLayer::new()
-        .fallback(kv.clone())
-        .layer(CorePublisher::new(client.clone()));
+    let mut publisher = kv_publisher(&client, &kv);
     publish_in_api_span(&mut publisher, "events.e1", "{}".into()).await;
     let message = next(&mut events).await;
     assert_eq!(message.subject.as_str(), "events.e1");
@@ -607,18 +594,13 @@ async fn expired_record_reports_kv_not_found() {
     let kv = KvFallback::new(store, FallbackKey::subject_token(1));
     let _relay = start_relay(&client, &js).await;
 
-    let mut publisher = TracePropagationLayer::new()
-        .fallback(kv.clone())
-        .layer(CorePublisher::new(client.clone()));
+    let mut publisher = kv_publisher(&client, &kv);
     publish_in_api_span(&mut publisher, "ingress.stale", "{}".into()).await;
     assert_eq!(kv.stats().writes, 1);
     assert!(kv.store().get("stale").await.unwrap().is_some(), "written");
 
     tokio::time::sleep(Duration::from_millis(2500)).await;
-    let mut worker = pull_consumer(&stream, "worker")
-        .await
-        .with_trace_context()
-        .fallback(kv.clone());
+    let mut worker = kv_worker(&stream, &kv).await;
     let (message, cx) = next(&mut worker).await.unwrap();
     assert_eq!(message.subject.as_str(), "jobs.stale");
     let record = cx.extraction().unwrap().clone();
@@ -656,16 +638,11 @@ async fn publish_without_trace_context_writes_no_record() {
     let server = NatsServer::start();
     let client = connect(&server).await;
     let js = jetstream::new(client.clone());
-    let kv = KvFallback::new(
-        KvFallback::open_bucket(&js, BUCKET).await.unwrap(),
-        FallbackKey::subject_token(1),
-    );
+    let kv = subject_token_kv(&js).await;
     let mut events = client.subscribe("events.>").await.unwrap();
     client.flush().await.unwrap();
 
-    let mut publisher = TracePropagationLayer::new()
-        .fallback(kv.clone())
-        .layer(CorePublisher::new(client.clone()));
+    let mut publisher = kv_publisher(&client, &kv);
     publisher
         .ready()
         .await

@@ -9,17 +9,14 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use nats_otel::{
-    global_propagator_is_noop, ContextSource, CorePublisher, MessageContextExt, Publish,
-    TracePropagationLayer,
+    global_propagator_is_noop, ContextSource, MessageContextExt, TracePropagationLayer,
 };
 use opentelemetry::baggage::BaggageExt;
-use opentelemetry::{KeyValue, StringValue};
+use opentelemetry::StringValue;
 use support::nats::*;
 use support::server::NatsServer;
 use support::telemetry::*;
-use tower::Layer;
 use tracing::Instrument;
-use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 #[tokio::test]
 async fn noop_global_propagator_still_propagates_publish_to_consume() {
@@ -32,17 +29,7 @@ async fn noop_global_propagator_still_propagates_publish_to_consume() {
     let client = connect(&server).await;
     let mut jobs = traced_subscription(&client, "jobs.noop").await;
 
-    let mut publisher = TracePropagationLayer::new().layer(CorePublisher::new(client.clone()));
-    let api = tracing::info_span!("api");
-    let api_cx = api
-        .context()
-        .with_baggage([KeyValue::new("tenant", "acme")]);
-    publish_in_span(
-        &mut publisher,
-        api,
-        Publish::new("jobs.noop", "job").context(api_cx),
-    )
-    .await;
+    publish_from_api(TracePropagationLayer::new(), &client, "jobs.noop").await;
 
     let (message, cx) = tokio::time::timeout(Duration::from_secs(10), jobs.next())
         .await

@@ -107,6 +107,22 @@ fn assert_one_trace_per_request(telemetry: &Telemetry) {
     );
 }
 
+/// Handles every message of `messages` with [`handle_all`]: none is lost,
+/// and each lands in the trace of the request that published it.
+async fn assert_handled_each_in_its_own_trace<S>(telemetry: &Telemetry, messages: S)
+where
+    S: Stream<Item = Result<(jetstream::Message, Context), async_nats::Error>>,
+{
+    let payloads = handle_all(messages).await;
+    assert_eq!(
+        payloads,
+        ["order 0", "order 1", "order 2"],
+        "no message lost"
+    );
+
+    assert_one_trace_per_request(telemetry);
+}
+
 #[tokio::test]
 async fn jetstream_fetch_gives_each_message_its_own_publishers_trace() {
     let telemetry = Telemetry::install();
@@ -121,14 +137,7 @@ async fn jetstream_fetch_gives_each_message_its_own_publishers_trace() {
         .await
         .unwrap()
         .with_trace_context();
-    let payloads = handle_all(messages).await;
-    assert_eq!(
-        payloads,
-        ["order 0", "order 1", "order 2"],
-        "no message lost"
-    );
-
-    assert_one_trace_per_request(&telemetry);
+    assert_handled_each_in_its_own_trace(&telemetry, messages).await;
 }
 
 #[tokio::test]
@@ -146,14 +155,7 @@ async fn jetstream_batch_gives_each_message_its_own_publishers_trace() {
         .await
         .unwrap()
         .with_trace_context();
-    let payloads = handle_all(messages).await;
-    assert_eq!(
-        payloads,
-        ["order 0", "order 1", "order 2"],
-        "no message lost"
-    );
-
-    assert_one_trace_per_request(&telemetry);
+    assert_handled_each_in_its_own_trace(&telemetry, messages).await;
 }
 
 #[tokio::test]

@@ -6,51 +6,22 @@
 
 mod support;
 
-use std::time::Duration;
-
-use async_nats::Client;
-use futures::{Stream, StreamExt};
 use nats_otel::{
-    global_propagator_is_noop, ContextSource, CorePublisher, MessageContextExt, NoContextReason,
-    Publish, TraceContextStreamExt, TracePropagationLayer,
+    global_propagator_is_noop, ContextSource, MessageContextExt, NoContextReason,
+    TraceContextStreamExt, TracePropagationLayer,
 };
 use opentelemetry::baggage::BaggageExt;
 use opentelemetry::propagation::text_map_propagator::FieldIter;
 use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
-use opentelemetry::{Context, KeyValue};
+use opentelemetry::Context;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use support::nats::*;
 use support::server::NatsServer;
 use support::telemetry::*;
-use tower::Layer;
-use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 fn set_global_trace_context() {
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
     assert!(!global_propagator_is_noop());
-}
-
-async fn next<S: Stream + Unpin>(stream: &mut S) -> S::Item {
-    tokio::time::timeout(Duration::from_secs(10), stream.next())
-        .await
-        .expect("no message within 10 s: lost?")
-        .expect("the subscription ended")
-}
-
-/// Publishes `subject` through `layer` from an `api` span whose context
-/// carries baggage `tenant=acme`.
-async fn publish_from_api(layer: TracePropagationLayer, client: &Client, subject: &str) {
-    let mut publisher = layer.layer(CorePublisher::new(client.clone()));
-    let api = tracing::info_span!("api");
-    let api_cx = api
-        .context()
-        .with_baggage([KeyValue::new("tenant", "acme")]);
-    publish_in_span(
-        &mut publisher,
-        api,
-        Publish::new(subject.to_owned(), "job").context(api_cx),
-    )
-    .await;
 }
 
 #[tokio::test]

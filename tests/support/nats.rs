@@ -8,10 +8,15 @@ use std::time::Duration;
 use async_nats::jetstream::{self, consumer::pull, consumer::PullConsumer, stream};
 use async_nats::{Client, Subscriber};
 use futures::{Stream, StreamExt};
-use nats_otel::{ContextExtractingConsumer, Publish, TraceContextStreamExt};
+use nats_otel::{
+    ContextExtractingConsumer, CorePublisher, Publish, TraceContextStreamExt, TracePropagationLayer,
+};
+use opentelemetry::baggage::BaggageExt;
+use opentelemetry::KeyValue;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tower::{Service, ServiceExt};
+use tower::{Layer, Service, ServiceExt};
 use tracing::Instrument;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use super::server::NatsServer;
 
@@ -93,6 +98,39 @@ where
     }
     .instrument(span)
     .await
+}
+
+/// Publishes each of `messages` through `publisher`, in order.
+pub async fn publish_each<S>(publisher: &mut S, messages: impl IntoIterator<Item = Publish>)
+where
+    S: Service<Publish>,
+    S::Error: Debug,
+{
+    for message in messages {
+        publisher
+            .ready()
+            .await
+            .unwrap()
+            .call(message)
+            .await
+            .unwrap();
+    }
+}
+
+/// Publishes `subject` through `layer` from an `api` span whose context
+/// carries baggage `tenant=acme`.
+pub async fn publish_from_api(layer: TracePropagationLayer, client: &Client, subject: &str) {
+    let mut publisher = layer.layer(CorePublisher::new(client.clone()));
+    let api = tracing::info_span!("api");
+    let api_cx = api
+        .context()
+        .with_baggage([KeyValue::new("tenant", "acme")]);
+    publish_in_span(
+        &mut publisher,
+        api,
+        Publish::new(subject.to_owned(), "job").context(api_cx),
+    )
+    .await;
 }
 
 /// The next item of `stream`, failing the test when none comes within
