@@ -18,7 +18,7 @@ use serde_json::Value;
 use support::nats::*;
 use support::server::NatsServer;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
-use tower::{Layer, Service, ServiceExt};
+use tower::Layer;
 
 const BIN: &str = env!("CARGO_BIN_EXE_nats-otel");
 
@@ -262,13 +262,11 @@ async fn consumer_shows_its_unacknowledged_messages_without_acking_them() {
         .await
         .unwrap();
     let mut publisher = TracePropagationLayer::new().layer(JetStreamPublisher::new(js.clone()));
-    publisher
-        .ready()
-        .await
-        .unwrap()
-        .call(Publish::new("work.done", "0").context(context(VALID_TRACE)))
-        .await
-        .unwrap();
+    publish(
+        &mut publisher,
+        Publish::new("work.done", "0").context(context(VALID_TRACE)),
+    )
+    .await;
     publish_each(&mut publisher, three_kinds("work")).await;
     // The worker handles the first message.
     let mut batch = consumer.fetch().max_messages(1).messages().await.unwrap();
@@ -366,13 +364,11 @@ async fn kv_fallback_is_reported_as_the_source() {
     let mut publisher = TracePropagationLayer::new()
         .fallback(fallback)
         .layer(headerless);
-    publisher
-        .ready()
-        .await
-        .unwrap()
-        .call(Publish::new("kvx.job-7", "x").context(context(VALID_TRACE)))
-        .await
-        .unwrap();
+    publish(
+        &mut publisher,
+        Publish::new("kvx.job-7", "x").context(context(VALID_TRACE)),
+    )
+    .await;
 
     let url = server.url();
     let (code, stdout, _) = inspect_stream(

@@ -96,13 +96,7 @@ where
 {
     let api = tracing::info_span!("api");
     async {
-        publisher
-            .ready()
-            .await
-            .unwrap()
-            .call(Publish::new(subject.to_owned(), payload))
-            .await
-            .unwrap();
+        publish(publisher, Publish::new(subject.to_owned(), payload)).await;
         tracing::Span::current()
             .context()
             .span()
@@ -643,13 +637,7 @@ async fn publish_without_trace_context_writes_no_record() {
     client.flush().await.unwrap();
 
     let mut publisher = kv_publisher(&client, &kv);
-    publisher
-        .ready()
-        .await
-        .unwrap()
-        .call(Publish::new("events.untraced", "{}"))
-        .await
-        .unwrap();
+    publish(&mut publisher, Publish::new("events.untraced", "{}")).await;
     let message = next(&mut events).await;
     assert!(message
         .headers

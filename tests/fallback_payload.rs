@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use support::nats::*;
 use support::server::NatsServer;
 use support::telemetry::*;
-use tower::{Layer, Service, ServiceExt};
+use tower::Layer;
 use tracing::Instrument;
 
 /// The job document the worker already reads, with the carrier flattened
@@ -100,16 +100,11 @@ async fn headers_win_over_a_disagreeing_payload_carrier_and_it_is_noted() {
         trace: stale,
     };
     let mut publisher = TracePropagationLayer::new().layer(CorePublisher::new(client.clone()));
-    async {
-        publisher
-            .ready()
-            .await
-            .unwrap()
-            .call(Publish::new("jobs.both", serde_json::to_vec(&job).unwrap()))
-            .await
-            .unwrap();
-    }
-    .instrument(tracing::info_span!("api"))
+    publish_in_span(
+        &mut publisher,
+        tracing::info_span!("api"),
+        Publish::new("jobs.both", serde_json::to_vec(&job).unwrap()),
+    )
     .await;
 
     let (message, cx) = next(&mut jobs).await;

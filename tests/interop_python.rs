@@ -28,7 +28,7 @@ use support::server::NatsServer;
 use support::telemetry::*;
 use tokio::io::{AsyncBufReadExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdout, Command};
-use tower::{Layer, Service, ServiceExt};
+use tower::Layer;
 use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
@@ -239,13 +239,11 @@ async fn rust_producer_to_python_consumer_keeps_trace_and_parent() {
         let cx = tracing::Span::current()
             .context()
             .with_baggage(vec![KeyValue::new("user", KLYUCH)]);
-        publisher
-            .ready()
-            .await
-            .unwrap()
-            .call(Publish::new(subject, "from rust").context(cx))
-            .await
-            .unwrap();
+        publish(
+            &mut publisher,
+            Publish::new(subject, "from rust").context(cx),
+        )
+        .await;
     }
     .instrument(api.clone())
     .await;

@@ -15,7 +15,7 @@ use nats_otel::{
 };
 use support::nats::*;
 use support::server::NatsServer;
-use tower::{Layer, Service, ServiceExt};
+use tower::Layer;
 use tracing::field::{Field, Visit};
 use tracing_subscriber::layer::{Context as LayerContext, SubscriberExt};
 
@@ -57,13 +57,7 @@ async fn publish_without_valid_context_warns_once_and_sends_no_traceparent() {
     let mut messages = client.subscribe("jobs").await.unwrap().with_trace_context();
     let mut publisher = TracePropagationLayer::new().layer(CorePublisher::new(client.clone()));
     for i in 0..3 {
-        publisher
-            .ready()
-            .await
-            .unwrap()
-            .call(Publish::new("jobs", format!("{i}")))
-            .await
-            .unwrap();
+        publish(&mut publisher, Publish::new("jobs", format!("{i}"))).await;
     }
     client.flush().await.unwrap();
 

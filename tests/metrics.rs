@@ -18,7 +18,7 @@ use opentelemetry_sdk::metrics::{InMemoryMetricExporter, PeriodicReader, SdkMete
 use support::nats::*;
 use support::server::NatsServer;
 use support::telemetry::Telemetry;
-use tower::{Layer, Service, ServiceExt};
+use tower::Layer;
 use tracing::Instrument;
 
 const VALID: &str = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
@@ -100,13 +100,7 @@ async fn extraction_counts_by_source_and_reason() {
         .layer(nats_otel::CorePublisher::new(client.clone()));
     async {
         for id in ["h1", "h2"] {
-            publisher
-                .ready()
-                .await
-                .unwrap()
-                .call(Publish::new(format!("jobs.{id}"), "{}"))
-                .await
-                .unwrap();
+            publish(&mut publisher, Publish::new(format!("jobs.{id}"), "{}")).await;
         }
     }
     .instrument(tracing::info_span!("api"))

@@ -14,7 +14,7 @@ use opentelemetry::Context;
 use support::nats::*;
 use support::server::NatsServer;
 use support::telemetry::*;
-use tower::{Layer, Service, ServiceExt};
+use tower::Layer;
 use tracing::Instrument;
 use tracing_opentelemetry::{OpenTelemetrySpanExt, SetParentError};
 
@@ -142,20 +142,10 @@ async fn caller_set_traceparent_is_kept_in_any_casing() {
     for (i, header) in ["traceparent", "Traceparent"].into_iter().enumerate() {
         let subject = format!("jobs.caller.{i}");
         let api = tracing::info_span!("api", otel.name = format!("api {i}"));
-        async {
-            let publish = Publish::new(subject.clone(), "job")
-                .header(header, &caller_traceparent)
-                .unwrap();
-            publisher
-                .ready()
-                .await
-                .unwrap()
-                .call(publish)
-                .await
-                .unwrap();
-        }
-        .instrument(api)
-        .await;
+        let publish = Publish::new(subject.clone(), "job")
+            .header(header, &caller_traceparent)
+            .unwrap();
+        publish_in_span(&mut publisher, api, publish).await;
 
         let (message, cx) = next(&mut jobs).await;
         let headers = message.headers.as_ref().expect("headers arrived");
@@ -241,13 +231,7 @@ async fn context_current_propagates_without_an_opentelemetry_layer() {
     assert!(api_context.is_valid());
     {
         let _attached = Context::current_with_span(api).attach();
-        publisher
-            .ready()
-            .await
-            .unwrap()
-            .call(Publish::new("jobs.plain", "job"))
-            .await
-            .unwrap();
+        publish(&mut publisher, Publish::new("jobs.plain", "job")).await;
     }
 
     let (message, cx) = next(&mut jobs).await;

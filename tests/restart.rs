@@ -308,6 +308,23 @@ struct Counting<S> {
     max_held: Arc<AtomicUsize>,
 }
 
+impl<T> Counting<futures::stream::Iter<std::vec::IntoIter<T>>> {
+    /// Counts over the `ready` items; also returns the `pulled`,
+    /// `handed_out` and `max_held` counters it updates.
+    fn over(ready: Vec<T>) -> (Self, Arc<AtomicUsize>, Arc<AtomicUsize>, Arc<AtomicUsize>) {
+        let pulled = Arc::new(AtomicUsize::new(0));
+        let handed_out = Arc::new(AtomicUsize::new(0));
+        let max_held = Arc::new(AtomicUsize::new(0));
+        let counting = Counting {
+            inner: futures::stream::iter(ready),
+            pulled: pulled.clone(),
+            handed_out: handed_out.clone(),
+            max_held: max_held.clone(),
+        };
+        (counting, pulled, handed_out, max_held)
+    }
+}
+
 impl<S: Stream + Unpin> Stream for Counting<S> {
     type Item = S::Item;
 
@@ -354,16 +371,8 @@ async fn slow_handler_adapter_holds_no_message_ahead() {
     let ready: Vec<_> = (0..MESSAGES)
         .map(|i| message(i, (i % 2 == 0).then(|| traceparent.clone())))
         .collect();
-    let pulled = Arc::new(AtomicUsize::new(0));
-    let handed_out = Arc::new(AtomicUsize::new(0));
-    let max_held = Arc::new(AtomicUsize::new(0));
-    let mut adapter = Counting {
-        inner: futures::stream::iter(ready),
-        pulled: pulled.clone(),
-        handed_out: handed_out.clone(),
-        max_held: max_held.clone(),
-    }
-    .with_trace_context();
+    let (counting, pulled, handed_out, max_held) = Counting::over(ready);
+    let mut adapter = counting.with_trace_context();
 
     assert_eq!(adapter.size_hint(), (MESSAGES, Some(MESSAGES)));
     for i in 0..HANDLED {
@@ -404,17 +413,8 @@ async fn slow_kv_lookups_hold_at_most_one_message() {
 
     // No headers at all: every message needs a KV lookup (each misses).
     let ready: Vec<_> = (0..MESSAGES).map(|i| message(i, None)).collect();
-    let pulled = Arc::new(AtomicUsize::new(0));
-    let handed_out = Arc::new(AtomicUsize::new(0));
-    let max_held = Arc::new(AtomicUsize::new(0));
-    let mut adapter = Counting {
-        inner: futures::stream::iter(ready),
-        pulled: pulled.clone(),
-        handed_out: handed_out.clone(),
-        max_held: max_held.clone(),
-    }
-    .with_trace_context()
-    .fallback(fallback.clone());
+    let (counting, pulled, handed_out, max_held) = Counting::over(ready);
+    let mut adapter = counting.with_trace_context().fallback(fallback.clone());
 
     let mut handled = 0;
     while let Some((message, cx)) = adapter.next().await {

@@ -76,8 +76,24 @@ pub async fn traced_subscription(
     subscription
 }
 
-/// Calls `publisher` with `publish` inside `span`, failing the test on an
-/// error; the span is closed when this returns.
+/// Calls `publisher` with `publish` once it is ready, failing the test on an
+/// error.
+pub async fn publish<S>(publisher: &mut S, publish: Publish) -> S::Response
+where
+    S: Service<Publish>,
+    S::Error: Debug,
+{
+    publisher
+        .ready()
+        .await
+        .unwrap()
+        .call(publish)
+        .await
+        .unwrap()
+}
+
+/// [`publish`] inside `span`, failing the test on an error; the span is
+/// closed when this returns.
 pub async fn publish_in_span<S>(
     publisher: &mut S,
     span: tracing::Span,
@@ -87,17 +103,7 @@ where
     S: Service<Publish>,
     S::Error: Debug,
 {
-    async {
-        publisher
-            .ready()
-            .await
-            .unwrap()
-            .call(publish)
-            .await
-            .unwrap()
-    }
-    .instrument(span)
-    .await
+    self::publish(publisher, publish).instrument(span).await
 }
 
 /// Publishes each of `messages` through `publisher`, in order.
@@ -107,13 +113,7 @@ where
     S::Error: Debug,
 {
     for message in messages {
-        publisher
-            .ready()
-            .await
-            .unwrap()
-            .call(message)
-            .await
-            .unwrap();
+        publish(publisher, message).await;
     }
 }
 
