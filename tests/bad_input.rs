@@ -636,12 +636,9 @@ async fn non_utf8_header_bytes_on_the_wire() {
 /// publish — which is why the layer caps tracestate and baggage on inject.
 #[tokio::test]
 async fn jetstream_takes_a_60_kib_tracestate_and_refuses_64_kib() {
-    use async_nats::jetstream::{self};
-
     let _telemetry = Telemetry::install();
     let server = NatsServer::start();
-    let client = connect(&server).await;
-    let js = jetstream::new(client);
+    let js = jetstream(&server).await;
     let stream = create_stream(&js, "BIG", "big.>").await;
     let consumer = durable_consumer(&stream, "big").await;
 

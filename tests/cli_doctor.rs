@@ -153,8 +153,7 @@ async fn healthy_core_path_exits_0() {
 #[tokio::test]
 async fn healthy_jetstream_path_exits_0_and_removes_the_probe() {
     let server = NatsServer::start();
-    let client = connect(&server).await;
-    let js = jetstream::new(client);
+    let js = jetstream(&server).await;
     jobs_stream(&js).await;
 
     let run = nats_otel(&[

@@ -8,7 +8,7 @@ mod support;
 use std::process::Stdio;
 use std::time::Duration;
 
-use async_nats::jetstream::{self, consumer::pull};
+use async_nats::jetstream::consumer::pull;
 use async_nats::HeaderMap;
 use futures::StreamExt;
 use nats_otel::{CorePublisher, JetStreamPublisher, Publish, TracePropagationLayer};
@@ -160,8 +160,7 @@ fn assert_three_kinds_json(lines: &[&str], prefix: &str) {
 #[tokio::test]
 async fn stream_messages_of_three_kinds() {
     let server = NatsServer::start();
-    let client = connect(&server).await;
-    let js = jetstream::new(client);
+    let js = jetstream(&server).await;
     create_stream(&js, "INSPECT", "insp.>").await;
     let mut publisher = TracePropagationLayer::new().layer(JetStreamPublisher::new(js.clone()));
     publish_each(&mut publisher, three_kinds("insp")).await;
@@ -250,8 +249,7 @@ async fn subject_messages_of_three_kinds() {
 #[tokio::test]
 async fn consumer_shows_its_unacknowledged_messages_without_acking_them() {
     let server = NatsServer::start();
-    let client = connect(&server).await;
-    let js = jetstream::new(client);
+    let js = jetstream(&server).await;
     let stream = create_stream(&js, "WORK", "work.>").await;
     let consumer = stream
         .create_consumer(pull::Config {
@@ -298,8 +296,7 @@ async fn consumer_shows_its_unacknowledged_messages_without_acking_them() {
 #[tokio::test]
 async fn traceparent_under_another_name_is_marked_misplaced() {
     let server = NatsServer::start();
-    let client = connect(&server).await;
-    let js = jetstream::new(client.clone());
+    let (_client, js) = connect_jetstream(&server).await;
     create_stream(&js, "ODD", "odd.>").await;
     let mut headers = HeaderMap::new();
     headers.insert("X-Trace-Context", GO_TRACEPARENT);
@@ -345,8 +342,7 @@ async fn kv_fallback_is_reported_as_the_source() {
     use nats_otel::{FallbackKey, KvFallback};
 
     let server = NatsServer::start();
-    let client = connect(&server).await;
-    let js = jetstream::new(client);
+    let js = jetstream(&server).await;
     create_stream(&js, "KVX", "kvx.>").await;
     let store = KvFallback::open_bucket(&js, "carriers").await.unwrap();
     let fallback = KvFallback::new(store, FallbackKey::subject());

@@ -107,6 +107,18 @@ where
     .await
 }
 
+/// Publishes `{}` on `ingress.<name>-0`, `-1` and `-2`, each with
+/// [`publish_in_api_span`].
+async fn publish_three<S>(publisher: &mut S, name: &str)
+where
+    S: Service<Publish>,
+    S::Error: std::fmt::Debug,
+{
+    for i in 0..3 {
+        publish_in_api_span(publisher, &format!("ingress.{name}-{i}"), "{}".into()).await;
+    }
+}
+
 /// The one finished span named `name` in trace `trace`.
 #[track_caller]
 fn span_in_trace(telemetry: &Telemetry, name: &str, trace: TraceId) -> SpanData {
@@ -147,8 +159,7 @@ fn json_id_key() -> FallbackKey {
 async fn relay_drops_headers_kv_fallback_restores_the_producer_parent() {
     let telemetry = Telemetry::install();
     let server = NatsServer::start();
-    let client = connect(&server).await;
-    let js = jetstream::new(client.clone());
+    let (client, js) = connect_jetstream(&server).await;
     let stream = jobs_stream(&js).await;
     let kv = subject_token_kv(&js).await;
     let _relay = start_relay(&client, &js).await;
@@ -218,8 +229,7 @@ async fn relay_drops_headers_kv_fallback_restores_the_producer_parent() {
 async fn intact_headers_make_no_kv_read() {
     let _telemetry = Telemetry::install();
     let server = NatsServer::start();
-    let client = connect(&server).await;
-    let js = jetstream::new(client.clone());
+    let (client, js) = connect_jetstream(&server).await;
     let stream = jobs_stream(&js).await;
     let kv = subject_token_kv(&js).await;
     let _relay = start_relay(&client, &js).await;
@@ -272,8 +282,7 @@ async fn intact_headers_make_no_kv_read() {
 async fn awkward_ids_round_trip_through_a_real_bucket_and_an_empty_id_is_explained() {
     let telemetry = Telemetry::install();
     let server = NatsServer::start();
-    let client = connect(&server).await;
-    let js = jetstream::new(client.clone());
+    let (client, js) = connect_jetstream(&server).await;
     let stream = jobs_stream(&js).await;
     let kv = KvFallback::new(
         KvFallback::open_bucket(&js, BUCKET).await.unwrap(),
@@ -348,17 +357,14 @@ async fn awkward_ids_round_trip_through_a_real_bucket_and_an_empty_id_is_explain
 async fn deleted_bucket_every_message_still_yielded_within_the_lookup_timeout() {
     let _telemetry = Telemetry::install();
     let server = NatsServer::start();
-    let client = connect(&server).await;
-    let js = jetstream::new(client.clone());
+    let (client, js) = connect_jetstream(&server).await;
     let stream = jobs_stream(&js).await;
     let timeout = Duration::from_millis(200);
     let kv = subject_token_kv(&js).await.lookup_timeout(timeout);
     let _relay = start_relay(&client, &js).await;
 
     let mut publisher = kv_publisher(&client, &kv);
-    for i in 0..3 {
-        publish_in_api_span(&mut publisher, &format!("ingress.del-{i}"), "{}".into()).await;
-    }
+    publish_three(&mut publisher, "del").await;
     assert_eq!(kv.stats().writes, 3);
     js.delete_key_value(BUCKET).await.unwrap();
 
@@ -437,8 +443,7 @@ impl Drop for Frozen {
 async fn frozen_kv_server_each_message_waits_only_the_lookup_timeout() {
     let _telemetry = Telemetry::install();
     let server = NatsServer::start();
-    let client = connect(&server).await;
-    let js = jetstream::new(client.clone());
+    let (client, js) = connect_jetstream(&server).await;
     let stream = jobs_stream(&js).await;
     // The bucket lives on a second server, which is frozen below.
     let kv_server = NatsServer::start();
@@ -448,9 +453,7 @@ async fn frozen_kv_server_each_message_waits_only_the_lookup_timeout() {
     let _relay = start_relay(&client, &js).await;
 
     let mut publisher = kv_publisher(&client, &kv);
-    for i in 0..3 {
-        publish_in_api_span(&mut publisher, &format!("ingress.slow-{i}"), "{}".into()).await;
-    }
+    publish_three(&mut publisher, "slow").await;
     assert_eq!(kv.stats().writes, 3);
     let mut worker = kv_worker(&stream, &kv).await;
     // Wait until the relay has stored all three.
@@ -495,8 +498,7 @@ async fn frozen_kv_server_each_message_waits_only_the_lookup_timeout() {
 async fn required_write_failure_publishes_nothing() {
     let telemetry = Telemetry::install();
     let server = NatsServer::start();
-    let client = connect(&server).await;
-    let js = jetstream::new(client.clone());
+    let (client, js) = connect_jetstream(&server).await;
     let store = KvFallback::open_bucket(&js, "doomed").await.unwrap();
     js.delete_key_value("doomed").await.unwrap();
     let kv = KvFallback::new(store, FallbackKey::subject_token(1))
@@ -545,8 +547,7 @@ async fn required_write_failure_publishes_nothing() {
 async fn best_effort_write_failure_publishes_and_records_an_event() {
     let telemetry = Telemetry::install();
     let server = NatsServer::start();
-    let client = connect(&server).await;
-    let js = jetstream::new(client.clone());
+    let (client, js) = connect_jetstream(&server).await;
     let store = KvFallback::open_bucket(&js, "doomed").await.unwrap();
     js.delete_key_value("doomed").await.unwrap();
     let kv = KvFallback::new(store, FallbackKey::subject_token(1));
@@ -576,8 +577,7 @@ async fn best_effort_write_failure_publishes_and_records_an_event() {
 async fn expired_record_reports_kv_not_found() {
     let _telemetry = Telemetry::install();
     let server = NatsServer::start();
-    let client = connect(&server).await;
-    let js = jetstream::new(client.clone());
+    let (client, js) = connect_jetstream(&server).await;
     let stream = jobs_stream(&js).await;
     let max_age = Duration::from_secs(1);
     let store = KvFallback::open_bucket_with_max_age(&js, "short_lived", max_age)
@@ -630,8 +630,7 @@ async fn publish_without_trace_context_writes_no_record() {
     // context, so the layer injects nothing and there is nothing to store.
     let _otel = OtelWithoutLayer::install();
     let server = NatsServer::start();
-    let client = connect(&server).await;
-    let js = jetstream::new(client.clone());
+    let (client, js) = connect_jetstream(&server).await;
     let kv = subject_token_kv(&js).await;
     let mut events = client.subscribe("events.>").await.unwrap();
     client.flush().await.unwrap();

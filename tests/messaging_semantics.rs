@@ -23,8 +23,7 @@ async fn setup(
     server: &NatsServer,
     ack_wait: Duration,
 ) -> (jetstream::Context, jetstream::consumer::PullConsumer) {
-    let client = connect(server).await;
-    let js = jetstream::new(client);
+    let js = jetstream(server).await;
     let stream = jobs_stream(&js).await;
     let consumer = stream
         .create_consumer(pull::Config {

@@ -26,8 +26,7 @@ const SUBJECTS: [&str; 3] = ["orders.0", "orders.1", "orders.2"];
 /// A JetStream context with stream `ORDERS` on `orders.>` and a durable
 /// pull consumer `worker`.
 async fn orders(server: &NatsServer) -> (jetstream::Context, PullConsumer) {
-    let client = connect(server).await;
-    let js = jetstream::new(client);
+    let js = jetstream(server).await;
     let stream = create_stream(&js, "ORDERS", "orders.>").await;
     let consumer = durable_consumer(&stream, "worker").await;
     (js, consumer)
@@ -162,8 +161,7 @@ async fn jetstream_batch_gives_each_message_its_own_publishers_trace() {
 async fn jetstream_publish_without_stream_returns_the_error_and_marks_the_span() {
     let telemetry = Telemetry::install();
     let server = NatsServer::start();
-    let client = connect(&server).await;
-    let js = jetstream::new(client);
+    let js = jetstream(&server).await;
 
     // The same publish without the layer, for comparison.
     let bare = JetStreamPublisher::new(js.clone())

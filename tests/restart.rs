@@ -406,8 +406,7 @@ async fn slow_kv_lookups_hold_at_most_one_message() {
     const MESSAGES: usize = 200;
     let _telemetry = Telemetry::install();
     let server = NatsServer::start();
-    let client = connect(&server).await;
-    let js = jetstream::new(client);
+    let js = jetstream(&server).await;
     let bucket = KvFallback::open_bucket(&js, "carriers").await.unwrap();
     let fallback = KvFallback::new(bucket, FallbackKey::subject_token(1));
 

@@ -4,7 +4,6 @@
 
 mod support;
 
-use async_nats::jetstream::{self};
 use futures::StreamExt;
 use nats_otel::{
     ContextSource, JetStreamPublisher, MessageContextExt, Publish, TraceContextStreamExt,
@@ -21,8 +20,7 @@ use tracing::Instrument;
 async fn seed_scenario_one_trace_through_jetstream() {
     let telemetry = Telemetry::install();
     let server = NatsServer::start();
-    let client = connect(&server).await;
-    let js = jetstream::new(client);
+    let js = jetstream(&server).await;
     let stream = jobs_stream(&js).await;
     let consumer = durable_consumer(&stream, "worker").await;
 

@@ -17,7 +17,6 @@ mod support;
 
 use std::time::Duration;
 
-use async_nats::jetstream::{self};
 use async_nats::HeaderMap;
 use futures::StreamExt;
 use nats_otel::{
@@ -82,8 +81,7 @@ async fn round_trip_on(version: &str) {
         .start();
     assert_eq!(server.version(), version, "the binary reports its version");
 
-    let client = connect(&server).await;
-    let js = jetstream::new(client.clone());
+    let (_client, js) = connect_jetstream(&server).await;
     let stream = create_stream(&js, "MATRIX", "matrix.>").await;
     let consumer = durable_consumer(&stream, "matrix").await;
 

@@ -33,6 +33,13 @@ pub async fn jetstream(server: &NatsServer) -> jetstream::Context {
     jetstream::new(connect(server).await)
 }
 
+/// A client connected to `server` and a JetStream context on it.
+pub async fn connect_jetstream(server: &NatsServer) -> (Client, jetstream::Context) {
+    let client = connect(server).await;
+    let js = jetstream::new(client.clone());
+    (client, js)
+}
+
 /// Creates stream `name` capturing `subjects`.
 pub async fn create_stream(js: &jetstream::Context, name: &str, subjects: &str) -> stream::Stream {
     js.create_stream(stream::Config {
