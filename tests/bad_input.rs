@@ -17,6 +17,7 @@
 //!   sides of that limit.
 //!
 //! Every failing row is listed in the assertion message, with what differed.
+#![cfg(feature = "jetstream")]
 
 mod support;
 

@@ -11,6 +11,7 @@
 //! (acked, unique stream sequences), the server shows nothing pending or
 //! unacknowledged, and every consumed message's trace id is the one its
 //! producer recorded.
+#![cfg(feature = "jetstream")]
 
 mod support;
 

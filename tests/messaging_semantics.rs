@@ -1,5 +1,6 @@
 //! Messaging semantic conventions on a real server: settlement spans, the
 //! batch receive span with links, redelivery, filters and header capture.
+#![cfg(feature = "jetstream")]
 
 mod support;
 

@@ -1,5 +1,6 @@
 //! JetStream: `fetch()` and `batch()` pull consumers through the adapter,
 //! and publish errors through the layer, against a real server.
+#![cfg(feature = "jetstream")]
 
 mod support;
 

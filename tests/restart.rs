@@ -14,6 +14,7 @@
 //!   from the inner stream only when its consumer asks for one, so it holds
 //!   at most one message (while that message's KV lookup is pending) and
 //!   never buffers ahead, however slow the handler.
+#![cfg(feature = "jetstream")]
 
 mod support;
 

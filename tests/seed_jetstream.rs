@@ -1,6 +1,7 @@
 //! The seed scenario: an API span publishes a job to JetStream through the
 //! layer; a worker consumes it through the adapter; one trace, parent chain
 //! api → send → process → handler.
+#![cfg(feature = "jetstream")]
 
 mod support;
 

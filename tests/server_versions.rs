@@ -12,6 +12,7 @@
 //! [`require_server`] (it fails, naming the feature, instead of failing
 //! obscurely) and be listed in `NEEDS_NEWER_SERVER` in `xtask/src/main.rs`,
 //! which skips it by name in the 2.10.26 run. Today no test needs one.
+#![cfg(feature = "jetstream")]
 
 mod support;
 

@@ -360,6 +360,7 @@ pin_project! {
     /// use nats_otel::{MessageContextExt, TraceContextStreamExt};
     /// use tracing::Instrument;
     ///
+    /// # #[cfg(feature = "jetstream")]
     /// # async fn run() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     /// let client = async_nats::connect("nats://127.0.0.1:4222").await?;
     /// let jetstream = async_nats::jetstream::new(client);
@@ -510,6 +511,7 @@ impl<S: Stream> ContextExtractingConsumer<S> {
     /// use futures::StreamExt;
     /// use nats_otel::TraceContextStreamExt;
     ///
+    /// # #[cfg(feature = "jetstream")]
     /// # async fn run(consumer: async_nats::jetstream::consumer::PullConsumer) -> Result<(), async_nats::Error> {
     /// let mut batch = consumer
     ///     .fetch()

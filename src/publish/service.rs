@@ -34,10 +34,12 @@ const NATS_MSG_ID: &str = "Nats-Msg-Id";
 /// # Examples
 ///
 /// ```no_run
+/// # #[cfg(feature = "jetstream")]
+/// # mod example {
 /// use nats_otel::{JetStreamPublisher, Publish, TracePropagation, TracePropagationLayer};
 /// use tower::{Layer, Service, ServiceExt};
 ///
-/// # async fn run() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+/// # pub async fn run() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
 /// let client = async_nats::connect("nats://127.0.0.1:4222").await?;
 /// let jetstream = async_nats::jetstream::new(client);
 /// let mut publisher: TracePropagation<JetStreamPublisher> =
@@ -50,6 +52,7 @@ const NATS_MSG_ID: &str = "Nats-Msg-Id";
 ///     .await?;
 /// println!("stored as sequence {}", ack.sequence);
 /// # Ok(())
+/// # }
 /// # }
 /// ```
 #[derive(Debug, Clone)]

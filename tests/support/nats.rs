@@ -5,6 +5,7 @@
 use std::fmt::Debug;
 use std::time::Duration;
 
+#[cfg(feature = "jetstream")]
 use async_nats::jetstream::{self, consumer::pull, consumer::PullConsumer, stream};
 use async_nats::{Client, Subscriber};
 use futures::{Stream, StreamExt};
@@ -28,11 +29,13 @@ pub async fn connect(server: &NatsServer) -> Client {
     async_nats::connect(server.url()).await.unwrap()
 }
 
+#[cfg(feature = "jetstream")]
 /// A JetStream context on a fresh client connected to `server`.
 pub async fn jetstream(server: &NatsServer) -> jetstream::Context {
     jetstream::new(connect(server).await)
 }
 
+#[cfg(feature = "jetstream")]
 /// A client connected to `server` and a JetStream context on it.
 pub async fn connect_jetstream(server: &NatsServer) -> (Client, jetstream::Context) {
     let client = connect(server).await;
@@ -40,6 +43,7 @@ pub async fn connect_jetstream(server: &NatsServer) -> (Client, jetstream::Conte
     (client, js)
 }
 
+#[cfg(feature = "jetstream")]
 /// Creates stream `name` capturing `subjects`.
 pub async fn create_stream(js: &jetstream::Context, name: &str, subjects: &str) -> stream::Stream {
     js.create_stream(stream::Config {
@@ -51,11 +55,13 @@ pub async fn create_stream(js: &jetstream::Context, name: &str, subjects: &str) 
     .unwrap()
 }
 
+#[cfg(feature = "jetstream")]
 /// The `JOBS` stream on `jobs.>`.
 pub async fn jobs_stream(js: &jetstream::Context) -> stream::Stream {
     create_stream(js, "JOBS", "jobs.>").await
 }
 
+#[cfg(feature = "jetstream")]
 /// A fresh durable pull consumer `name` on `stream`: it starts from the
 /// first message.
 pub async fn durable_consumer(stream: &stream::Stream, name: &str) -> PullConsumer {
