@@ -19,12 +19,18 @@ pub struct Telemetry {
     _guard: DefaultGuard,
 }
 
+/// A tracer provider exporting every finished span to memory at once.
+fn in_memory_provider() -> (InMemorySpanExporter, SdkTracerProvider) {
+    let exporter = InMemorySpanExporter::default();
+    let provider = SdkTracerProvider::builder()
+        .with_simple_exporter(exporter.clone())
+        .build();
+    (exporter, provider)
+}
+
 impl Telemetry {
     pub fn install() -> Self {
-        let exporter = InMemorySpanExporter::default();
-        let provider = SdkTracerProvider::builder()
-            .with_simple_exporter(exporter.clone())
-            .build();
+        let (exporter, provider) = in_memory_provider();
         let tracer = provider.tracer("nats-otel-tests");
         let subscriber = tracing_subscriber::registry()
             .with(tracing_opentelemetry::layer().with_tracer(tracer))
@@ -168,10 +174,7 @@ pub struct OtelWithoutLayer {
 
 impl OtelWithoutLayer {
     pub fn install() -> Self {
-        let exporter = InMemorySpanExporter::default();
-        let provider = SdkTracerProvider::builder()
-            .with_simple_exporter(exporter.clone())
-            .build();
+        let (exporter, provider) = in_memory_provider();
         let subscriber = tracing_subscriber::registry().with(
             tracing_subscriber::fmt::layer()
                 .with_test_writer()
