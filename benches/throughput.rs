@@ -20,7 +20,7 @@
 //! | `NATS_OTEL_BENCH_WINDOW` | 256 | JetStream acks in flight (KV: a quarter of it) |
 //! | `NATS_OTEL_BENCH_RSS_MESSAGES` | 1000000 | messages consumed for the RSS check |
 //! | `NATS_OTEL_BENCH_PAYLOAD` | 128 | payload bytes |
-//! | `NATS_OTEL_BENCH_ONLY` | (all) | comma-separated subset: `core`, `core_sampled`, `core_nospans`, `js`, `consume`, `kv`, `rss` |
+//! | `NATS_OTEL_BENCH_ONLY` | (all) | comma-separated subset: `core`, `core_sampled`, `core_tracer`, `core_tracer_sampled`, `core_nospans`, `js`, `consume`, `consume_tracer`, `kv`, `rss` |
 //!
 //! Under `cargo test --benches` (no `--bench` argument) it does nothing.
 
@@ -45,7 +45,7 @@ use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
 use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{
-    BatchSpanProcessor, Sampler, SdkTracerProvider, SpanData, SpanExporter,
+    BatchSpanProcessor, Sampler, SdkTracer, SdkTracerProvider, SpanData, SpanExporter,
 };
 use tower::{Layer, Service, ServiceExt};
 use tracing::Dispatch;
@@ -208,10 +208,13 @@ fn with_dispatch<T>(
 }
 
 /// How the layer is set up for a core publish row.
-#[derive(Clone, Copy, PartialEq)]
+#[derive(Clone)]
 enum Producer {
-    /// A PRODUCER span per message (the default).
+    /// A PRODUCER span per message, as a `tracing` span (the default).
     Spans,
+    /// A PRODUCER span per message, made with this OpenTelemetry tracer
+    /// (`TracePropagationLayer::tracer`).
+    TracerSpans(SdkTracer),
     /// `producer_spans(false)`: the caller's context is injected as is
     /// (given explicitly with `Publish::context`).
     NoSpans,
@@ -219,6 +222,7 @@ enum Producer {
 
 async fn core_publish(
     client: &async_nats::Client,
+    barrier: &tokio::sync::Mutex<Barrier>,
     s: &Settings,
     payload: &Bytes,
     producer: Producer,
@@ -245,17 +249,24 @@ async fn core_publish(
         s.rounds,
         n,
         || async {
-            let layer = TracePropagationLayer::new().producer_spans(producer == Producer::Spans);
+            let layer = match &producer {
+                Producer::Spans => TracePropagationLayer::new(),
+                Producer::TracerSpans(tracer) => {
+                    TracePropagationLayer::new().tracer(tracer.clone())
+                }
+                Producer::NoSpans => TracePropagationLayer::new().producer_spans(false),
+            };
+            let no_spans = matches!(producer, Producer::NoSpans);
             let mut svc = layer.layer(CorePublisher::new(client.clone()));
             let start = Instant::now();
             for _ in 0..n {
                 let mut publish = Publish::new(subject.clone(), payload.clone());
-                if producer == Producer::NoSpans {
+                if no_spans {
                     publish = publish.context(parent.clone());
                 }
                 svc.ready().await?.call(publish).await?;
             }
-            client.flush().await?;
+            barrier.lock().await.wait(client).await?;
             Ok(start.elapsed())
         },
         || async {
@@ -265,7 +276,7 @@ async fn core_publish(
                     .publish_with_headers(subject.clone(), headers.clone(), payload.clone())
                     .await?;
             }
-            client.flush().await?;
+            barrier.lock().await.wait(client).await?;
             Ok(start.elapsed())
         },
     )
@@ -341,11 +352,56 @@ impl Extractor for PlainExtractor<'_> {
     }
 }
 
+/// A server round trip between two connections.
+///
+/// `Client::flush` only writes the client's buffer to the socket; it does
+/// not wait for the server. Once a sentinel published by a connection comes
+/// back on the barrier subscription (on the consumer connection), the server
+/// has processed everything that connection sent before it, subscriptions
+/// included, and has delivered earlier messages to the consumer
+/// connection's subscriptions, in order.
+struct Barrier {
+    subject: Subject,
+    subscription: async_nats::Subscriber,
+    seq: u64,
+}
+
+impl Barrier {
+    async fn new(consumer: &async_nats::Client) -> Result<tokio::sync::Mutex<Self>> {
+        let subject = Subject::from("bench.barrier");
+        let subscription = consumer.subscribe(subject.clone()).await?;
+        let mut barrier = Self {
+            subject,
+            subscription,
+            seq: 0,
+        };
+        // Sent by the same connection after its SUB: ordered at the server.
+        barrier.wait(consumer).await?;
+        Ok(tokio::sync::Mutex::new(barrier))
+    }
+
+    /// Returns once everything `from` sent so far has been processed by the
+    /// server.
+    async fn wait(&mut self, from: &async_nats::Client) -> Result<()> {
+        self.seq += 1;
+        let sentinel = self.seq.to_string();
+        from.publish(self.subject.clone(), sentinel.clone().into())
+            .await?;
+        from.flush().await?;
+        loop {
+            let message = next(&mut self.subscription).await?;
+            if message.payload == sentinel.as_bytes() {
+                return Ok(());
+            }
+        }
+    }
+}
+
 /// Publishes `count` messages with a traceparent to `subject` and waits
 /// until the consumer's client has them all buffered.
 async fn fill(
     publisher: &async_nats::Client,
-    consumer: &async_nats::Client,
+    barrier: &tokio::sync::Mutex<Barrier>,
     subject: &Subject,
     count: usize,
     payload: &Bytes,
@@ -356,11 +412,7 @@ async fn fill(
             .publish_with_headers(subject.clone(), headers.clone(), payload.clone())
             .await?;
     }
-    publisher.flush().await?;
-    // The server answers this PING after the messages it queued for the
-    // consumer before it; the client reads in order.
-    consumer.flush().await?;
-    Ok(())
+    barrier.lock().await.wait(publisher).await
 }
 
 /// The next item, or an error after 10 s: a lost message must fail the
@@ -378,13 +430,16 @@ const CHUNK: usize = 5_000;
 async fn consume(
     publisher: &async_nats::Client,
     consumer: &async_nats::Client,
+    barrier: &tokio::sync::Mutex<Barrier>,
     s: &Settings,
     payload: &Bytes,
+    tracer: Option<SdkTracer>,
+    name: &'static str,
 ) -> Result<Row> {
     let subject = Subject::from("bench.consume");
     let n = s.messages;
     pair(
-        "consume: adapter vs raw subscriber + manual extraction (unsampled)",
+        name,
         ">= 0.95",
         s.rounds,
         n,
@@ -393,12 +448,15 @@ async fn consume(
                 .subscribe(subject.clone())
                 .await?
                 .with_trace_context();
-            consumer.flush().await?;
+            if let Some(tracer) = &tracer {
+                messages = messages.tracer(tracer.clone());
+            }
+            barrier.lock().await.wait(consumer).await?;
             let mut elapsed = Duration::ZERO;
             let mut left = n;
             while left > 0 {
                 let chunk = left.min(CHUNK);
-                fill(publisher, consumer, &subject, chunk, payload).await?;
+                fill(publisher, barrier, &subject, chunk, payload).await?;
                 let start = Instant::now();
                 for _ in 0..chunk {
                     let (message, cx) = next(&mut messages).await?;
@@ -412,12 +470,12 @@ async fn consume(
         || async {
             let propagator = TraceContextPropagator::new();
             let mut messages = consumer.subscribe(subject.clone()).await?;
-            consumer.flush().await?;
+            barrier.lock().await.wait(consumer).await?;
             let mut elapsed = Duration::ZERO;
             let mut left = n;
             while left > 0 {
                 let chunk = left.min(CHUNK);
-                fill(publisher, consumer, &subject, chunk, payload).await?;
+                fill(publisher, barrier, &subject, chunk, payload).await?;
                 let start = Instant::now();
                 for _ in 0..chunk {
                     let message = next(&mut messages).await?;
@@ -539,7 +597,7 @@ fn vm_rss_kib() -> Option<u64> {
 async fn drain<S>(
     messages: &mut S,
     publisher: &async_nats::Client,
-    consumer: &async_nats::Client,
+    barrier: &tokio::sync::Mutex<Barrier>,
     subject: &Subject,
     count: usize,
     payload: &Bytes,
@@ -550,7 +608,7 @@ where
     let mut left = count;
     while left > 0 {
         let chunk = left.min(CHUNK);
-        fill(publisher, consumer, subject, chunk, payload).await?;
+        fill(publisher, barrier, subject, chunk, payload).await?;
         for _ in 0..chunk {
             let (message, cx) = next(messages).await?;
             std::hint::black_box((&message, &cx));
@@ -564,6 +622,7 @@ where
 async fn rss(
     publisher: &async_nats::Client,
     consumer: &async_nats::Client,
+    barrier: &tokio::sync::Mutex<Barrier>,
     count: usize,
     payload: &Bytes,
 ) -> Result<(u64, u64, Duration)> {
@@ -572,12 +631,12 @@ async fn rss(
         .subscribe(subject.clone())
         .await?
         .with_trace_context();
-    consumer.flush().await?;
+    barrier.lock().await.wait(consumer).await?;
     // Warm up: allocator pools, channel buffers, span machinery.
     drain(
         &mut messages,
         publisher,
-        consumer,
+        barrier,
         &subject,
         5 * CHUNK,
         payload,
@@ -585,7 +644,7 @@ async fn rss(
     .await?;
     let before = vm_rss_kib().ok_or("no VmRSS in /proc/self/status")?;
     let start = Instant::now();
-    drain(&mut messages, publisher, consumer, &subject, count, payload).await?;
+    drain(&mut messages, publisher, barrier, &subject, count, payload).await?;
     let took = start.elapsed();
     let after = vm_rss_kib().ok_or("no VmRSS in /proc/self/status")?;
     Ok((before, after, took))
@@ -665,6 +724,7 @@ fn main() -> Result<()> {
         }
         Result::<_>::Ok((publisher, consumer, js))
     })?;
+    let barrier = rt.block_on(Barrier::new(&consumer))?;
 
     let only = std::env::var("NATS_OTEL_BENCH_ONLY").unwrap_or_default();
     let run = |key: &str| only.is_empty() || only.split(',').any(|k| k.trim() == key);
@@ -675,6 +735,7 @@ fn main() -> Result<()> {
             &rt,
             core_publish(
                 &publisher,
+                &barrier,
                 &s,
                 &payload,
                 Producer::Spans,
@@ -689,10 +750,41 @@ fn main() -> Result<()> {
             &rt,
             core_publish(
                 &publisher,
+                &barrier,
                 &s,
                 &payload,
                 Producer::Spans,
                 "core publish (spans sampled, batch exporter to a no-op exporter)",
+                ">= 0.80",
+            ),
+        )?);
+    }
+    if run("core_tracer") {
+        rows.push(with_dispatch(
+            &unsampled,
+            &rt,
+            core_publish(
+                &publisher,
+                &barrier,
+                &s,
+                &payload,
+                Producer::TracerSpans(unsampled_provider.tracer("nats-otel")),
+                "core publish, `.tracer(...)` (spans unsampled)",
+                ">= 0.95",
+            ),
+        )?);
+    }
+    if run("core_tracer_sampled") {
+        rows.push(with_dispatch(
+            &sampled,
+            &rt,
+            core_publish(
+                &publisher,
+                &barrier,
+                &s,
+                &payload,
+                Producer::TracerSpans(sampled_provider.tracer("nats-otel")),
+                "core publish, `.tracer(...)` (spans sampled, batch exporter to a no-op exporter)",
                 ">= 0.80",
             ),
         )?);
@@ -703,6 +795,7 @@ fn main() -> Result<()> {
             &rt,
             core_publish(
                 &publisher,
+                &barrier,
                 &s,
                 &payload,
                 Producer::NoSpans,
@@ -722,7 +815,30 @@ fn main() -> Result<()> {
         rows.push(with_dispatch(
             &unsampled,
             &rt,
-            consume(&publisher, &consumer, &s, &payload),
+            consume(
+                &publisher,
+                &consumer,
+                &barrier,
+                &s,
+                &payload,
+                None,
+                "consume: adapter vs raw subscriber + manual extraction (unsampled)",
+            ),
+        )?);
+    }
+    if run("consume_tracer") {
+        rows.push(with_dispatch(
+            &unsampled,
+            &rt,
+            consume(
+                &publisher,
+                &consumer,
+                &barrier,
+                &s,
+                &payload,
+                Some(unsampled_provider.tracer("nats-otel")),
+                "consume, `.tracer(...)`: adapter vs raw subscriber + manual extraction (unsampled)",
+            ),
         )?);
     }
     let kv = if run("kv") {
@@ -737,7 +853,7 @@ fn main() -> Result<()> {
         Some(with_dispatch(
             &unsampled,
             &rt,
-            rss(&publisher, &consumer, s.rss_messages, &payload),
+            rss(&publisher, &consumer, &barrier, s.rss_messages, &payload),
         )?)
     } else {
         None

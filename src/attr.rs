@@ -9,3 +9,9 @@ pub const NATS_STREAM_SEQUENCE: &str = "messaging.nats.stream.sequence";
 pub const NATS_DELIVERED: &str = "messaging.nats.delivered";
 /// Prefix of captured headers: `messaging.nats.header.<lowercase name>`.
 pub const NATS_HEADER_PREFIX: &str = "messaging.nats.header.";
+/// Where the consumer's context came from: `headers`, `kv`, `payload` or
+/// `none` (see [`ContextSource`](crate::ContextSource)).
+pub const CONTEXT_SOURCE: &str = "nats_otel.context.source";
+/// Why no context was found, when the source is `none` or a fallback was
+/// needed (see [`NoContextReason`](crate::NoContextReason)).
+pub const CONTEXT_REASON: &str = "nats_otel.context.reason";

@@ -72,6 +72,7 @@ mod publish;
 #[cfg(feature = "jetstream")]
 mod settle;
 mod trace_carrier;
+mod tracer;
 mod w3c;
 
 pub use carrier::{HeaderExtractor, HeaderInjector, InjectSkip};

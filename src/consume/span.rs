@@ -2,8 +2,9 @@ use std::fmt;
 use std::sync::Arc;
 
 use async_nats::HeaderMap;
-use opentelemetry::trace::TraceContextExt;
-use opentelemetry::Context;
+use opentelemetry::global::BoxedTracer;
+use opentelemetry::trace::{Link, Span as _, SpanBuilder, SpanKind, TraceContextExt, Tracer as _};
+use opentelemetry::{Context, KeyValue};
 use tracing::Span;
 use tracing_opentelemetry::{OpenTelemetrySpanExt, SetParentError};
 
@@ -15,6 +16,7 @@ use crate::attr;
 use crate::carrier::find_header;
 use crate::extraction::{ContextSource, ExtractionRecord};
 use crate::metrics::Metrics;
+use crate::tracer::SpanTracer;
 
 /// Holds the CONSUMER `process` span inside the yielded [`Context`]; the
 /// span ends when the last clone of that context is dropped.
@@ -55,6 +57,7 @@ pub(crate) struct ProcessOptions {
     pub(crate) capture_headers: Arc<[String]>,
     pub(crate) redelivery: Redelivery,
     pub(crate) metrics: Metrics,
+    pub(crate) tracer: SpanTracer,
 }
 
 impl fmt::Debug for ProcessOptions {
@@ -64,6 +67,7 @@ impl fmt::Debug for ProcessOptions {
             .field("process_spans", &!self.disabled)
             .field("capture_headers", &self.capture_headers)
             .field("redelivery", &self.redelivery)
+            .field("tracer", &self.tracer)
             .finish()
     }
 }
@@ -91,41 +95,32 @@ pub(crate) fn process_context(
         Some(f) => f(subject),
         None => format!("process {subject}"),
     };
+    if let SpanTracer::OpenTelemetry(tracer) = &options.tracer {
+        return otel_process_context(tracer, name, meta, remote, record, options);
+    }
     let span = tracing::info_span!(
         target: "nats_otel",
         parent: None,
         "process",
         otel.name = name,
         otel.kind = "consumer",
-        nats_otel.context.source = record.source().as_str(),
-        nats_otel.context.reason = tracing::field::Empty,
+        { attr::CONTEXT_SOURCE } = record.source().as_str(),
+        { attr::CONTEXT_REASON } = tracing::field::Empty,
+        { semconv::MESSAGING_SYSTEM } = "nats",
+        { semconv::MESSAGING_DESTINATION_NAME } = subject,
+        { semconv::MESSAGING_OPERATION_TYPE } = "process",
+        { semconv::MESSAGING_OPERATION_NAME } = "process",
+        { semconv::MESSAGING_MESSAGE_BODY_SIZE } = meta.payload.len() as i64,
+        { semconv::MESSAGING_CONSUMER_GROUP_NAME } = meta.jetstream.as_ref().map(|js| js.consumer),
+        { semconv::MESSAGING_DESTINATION_SUBSCRIPTION_NAME } = meta.jetstream.as_ref().map(|js| js.consumer),
+        { attr::NATS_STREAM } = meta.jetstream.as_ref().map(|js| js.stream),
+        { attr::NATS_STREAM_SEQUENCE } = meta.jetstream.as_ref().map(|js| js.stream_sequence as i64),
+        { attr::NATS_DELIVERED } = meta.jetstream.as_ref().map(|js| js.delivered),
     );
     if let Some(reason) = record.reason() {
-        span.record("nats_otel.context.reason", reason.as_str());
+        span.record(attr::CONTEXT_REASON, reason.as_str());
     }
-    span.set_attribute(semconv::MESSAGING_SYSTEM, "nats");
-    span.set_attribute(semconv::MESSAGING_DESTINATION_NAME, subject.to_owned());
-    span.set_attribute(semconv::MESSAGING_OPERATION_TYPE, "process");
-    span.set_attribute(semconv::MESSAGING_OPERATION_NAME, "process");
-    span.set_attribute(
-        semconv::MESSAGING_MESSAGE_BODY_SIZE,
-        meta.payload.len() as i64,
-    );
-    let mut redelivered = false;
-    if let Some(js) = &meta.jetstream {
-        span.set_attribute(
-            semconv::MESSAGING_CONSUMER_GROUP_NAME,
-            js.consumer.to_owned(),
-        );
-        span.set_attribute(
-            semconv::MESSAGING_DESTINATION_SUBSCRIPTION_NAME,
-            js.consumer.to_owned(),
-        );
-        span.set_attribute(attr::NATS_STREAM, js.stream.to_owned());
-        span.set_attribute(attr::NATS_STREAM_SEQUENCE, js.stream_sequence as i64);
-        span.set_attribute(attr::NATS_DELIVERED, js.delivered);
-        redelivered = js.delivered > 1;
-    }
+    let redelivered = meta.jetstream.as_ref().is_some_and(|js| js.delivered > 1);
     capture_headers(&span, meta.headers, &options.capture_headers);
 
     // The parent must be set before anything starts the span.
@@ -154,19 +149,99 @@ pub(crate) fn process_context(
     cx.with_value(record).with_value(ProcessSpan(span))
 }
 
-/// Records the allow-listed headers as `messaging.nats.header.<name>`.
-pub(crate) fn capture_headers(span: &Span, headers: Option<&HeaderMap>, names: &[String]) {
-    let Some(headers) = headers else {
-        return;
+/// [`process_context`] with a span made by an OpenTelemetry tracer: the
+/// attributes a sampler may look at are given at creation, the rest only
+/// when the span is recorded.
+fn otel_process_context(
+    tracer: &BoxedTracer,
+    name: String,
+    meta: &MessageMeta<'_>,
+    remote: Context,
+    record: ExtractionRecord,
+    options: &ProcessOptions,
+) -> Context {
+    let subject = meta.subject;
+    let mut builder = SpanBuilder::from_name(name)
+        .with_kind(SpanKind::Consumer)
+        .with_attributes([
+            KeyValue::new(semconv::MESSAGING_SYSTEM, "nats"),
+            KeyValue::new(semconv::MESSAGING_DESTINATION_NAME, subject.to_owned()),
+            KeyValue::new(semconv::MESSAGING_OPERATION_TYPE, "process"),
+            KeyValue::new(semconv::MESSAGING_OPERATION_NAME, "process"),
+        ]);
+    let remote_span = remote.span().span_context().clone();
+    let redelivered = meta.jetstream.is_some_and(|js| js.delivered > 1);
+    let parent = if redelivered
+        && options.redelivery == Redelivery::NewTraceWithLink
+        && remote_span.is_valid()
+    {
+        builder = builder.with_links(vec![Link::with_context(remote_span)]);
+        Context::new()
+    } else {
+        remote
     };
-    for name in names {
-        if let Some((_, value)) = find_header(headers, name) {
-            span.set_attribute(
-                format!("{}{}", attr::NATS_HEADER_PREFIX, name.to_ascii_lowercase()),
-                value.to_owned(),
-            );
+    let mut span = tracer.build_with_context(builder, &parent);
+    if span.is_recording() {
+        span.set_attribute(KeyValue::new(
+            attr::CONTEXT_SOURCE,
+            record.source().as_str(),
+        ));
+        if let Some(reason) = record.reason() {
+            span.set_attribute(KeyValue::new(attr::CONTEXT_REASON, reason.as_str()));
+        }
+        span.set_attribute(KeyValue::new(
+            semconv::MESSAGING_MESSAGE_BODY_SIZE,
+            meta.payload.len() as i64,
+        ));
+        if let Some(js) = &meta.jetstream {
+            span.set_attributes([
+                KeyValue::new(
+                    semconv::MESSAGING_CONSUMER_GROUP_NAME,
+                    js.consumer.to_owned(),
+                ),
+                KeyValue::new(
+                    semconv::MESSAGING_DESTINATION_SUBSCRIPTION_NAME,
+                    js.consumer.to_owned(),
+                ),
+                KeyValue::new(attr::NATS_STREAM, js.stream.to_owned()),
+                KeyValue::new(attr::NATS_STREAM_SEQUENCE, js.stream_sequence as i64),
+                KeyValue::new(attr::NATS_DELIVERED, js.delivered),
+            ]);
+        }
+        for attribute in captured_headers(meta.headers, &options.capture_headers) {
+            span.set_attribute(attribute);
         }
     }
+    if record.source() == ContextSource::None {
+        if let Some(reason) = record.reason() {
+            warn::no_context(subject, reason);
+        }
+    }
+    parent.with_span(span).with_value(record)
+}
+
+/// Records the allow-listed headers as `messaging.nats.header.<name>`.
+pub(crate) fn capture_headers(span: &Span, headers: Option<&HeaderMap>, names: &[String]) {
+    for attribute in captured_headers(headers, names) {
+        span.set_attribute(attribute.key, attribute.value);
+    }
+}
+
+/// The allow-listed headers as `messaging.nats.header.<name>` attributes.
+pub(crate) fn captured_headers<'a>(
+    headers: Option<&'a HeaderMap>,
+    names: &'a [String],
+) -> impl Iterator<Item = KeyValue> + 'a {
+    headers.into_iter().flat_map(move |headers| {
+        names.iter().filter_map(move |name| {
+            find_header(headers, name).map(|(_, value)| {
+                KeyValue::new(
+                    format!("{}{}", attr::NATS_HEADER_PREFIX, name.to_ascii_lowercase()),
+                    value.to_owned(),
+                )
+            })
+        })
+    })
 }
 
 /// Reading what the consumer adapter stored in a yielded [`Context`], and
@@ -199,7 +274,9 @@ pub trait MessageContextExt {
     fn extraction(&self) -> Option<&ExtractionRecord>;
 
     /// The CONSUMER `process` span, to `.instrument(...)` work with it
-    /// directly.
+    /// directly. `None` when the span was made with an OpenTelemetry tracer
+    /// ([`ContextExtractor::tracer`](crate::ContextExtractor::tracer)); it
+    /// is then `cx.span()`.
     fn process_span(&self) -> Option<&Span>;
 
     /// Makes `span` a child of this context and returns it, ready to

@@ -2,10 +2,53 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
-use opentelemetry::trace::Status;
+use opentelemetry::trace::{Status, TraceContextExt};
+use opentelemetry::{Context as OtelContext, KeyValue};
 use pin_project_lite::pin_project;
 use tracing::Span;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+/// The PRODUCER span of one publish, however it was made.
+#[derive(Debug)]
+pub(crate) enum ProducerSpan {
+    /// No span: producer spans are off, or the subject is skipped.
+    None,
+    /// A `tracing` span (the default).
+    Tracing(Span),
+    /// A span made with an OpenTelemetry tracer, held in a context.
+    OpenTelemetry(OtelContext),
+}
+
+impl ProducerSpan {
+    pub(crate) fn add_event(&self, name: &'static str, attributes: Vec<KeyValue>) {
+        match self {
+            Self::None => {}
+            Self::Tracing(span) => span.add_event(name, attributes),
+            Self::OpenTelemetry(cx) => cx.span().add_event(name, attributes),
+        }
+    }
+
+    fn record_error<E: std::fmt::Display>(&self, error: &E) {
+        match self {
+            Self::None => {}
+            Self::Tracing(span) => record_error(span, error),
+            Self::OpenTelemetry(cx) => {
+                let span = cx.span();
+                span.set_attribute(KeyValue::new(
+                    opentelemetry_semantic_conventions::attribute::ERROR_TYPE,
+                    error_type::<E>(),
+                ));
+                span.set_status(Status::error(error.to_string()));
+            }
+        }
+    }
+
+    fn end(self) {
+        if let Self::OpenTelemetry(cx) = self {
+            cx.span().end();
+        }
+    }
+}
 
 pin_project! {
     /// Response future of [`TracePropagation`](crate::TracePropagation).
@@ -17,12 +60,12 @@ pin_project! {
     pub struct ResponseFuture<F> {
         #[pin]
         inner: F,
-        span: Option<Span>,
+        span: Option<ProducerSpan>,
     }
 }
 
 impl<F> ResponseFuture<F> {
-    pub(crate) fn new(inner: F, span: Span) -> Self {
+    pub(crate) fn new(inner: F, span: ProducerSpan) -> Self {
         Self {
             inner,
             span: Some(span),
@@ -40,13 +83,17 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let output = {
-            let _entered = this.span.as_ref().map(Span::enter);
+            let _entered = match this.span {
+                Some(ProducerSpan::Tracing(span)) => Some(span.enter()),
+                _ => None,
+            };
             ready!(this.inner.poll(cx))
         };
         if let Some(span) = this.span.take() {
             if let Err(error) = &output {
-                record_error(&span, error);
+                span.record_error(error);
             }
+            span.end();
         }
         Poll::Ready(output)
     }

@@ -1,17 +1,19 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context as TaskContext, Poll};
 
-use opentelemetry::trace::TraceContextExt;
+use opentelemetry::global::{BoxedSpan, BoxedTracer};
+use opentelemetry::trace::{Span as _, SpanBuilder, SpanKind, TraceContextExt, Tracer as _};
 use opentelemetry::{Context, KeyValue};
 use tower_service::Service;
 use tracing::Span;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
-use super::future::ResponseFuture;
+use super::future::{ProducerSpan, ResponseFuture};
 use super::layer::TracePropagationLayer;
 use super::request::PublishMessage;
 use crate::carrier::{find_header, HeaderInjector};
-use crate::consume::span::capture_headers;
+use crate::consume::span::{capture_headers, captured_headers};
+use crate::tracer::{caller_context, SpanTracer};
 use crate::w3c::TRACEPARENT;
 use opentelemetry_semantic_conventions::attribute as semconv;
 
@@ -101,19 +103,28 @@ where
         let layer = &self.layer;
         if !layer.skip.is_empty() && layer.skip.matches(request.subject()) {
             layer.metrics.skipped("publish");
-            return ResponseFuture::new(self.inner.call(request), Span::none());
+            return ResponseFuture::new(self.inner.call(request), ProducerSpan::None);
         }
-        let span = if layer.spans_disabled {
-            Span::none()
-        } else {
-            producer_span(&request, layer)
-        };
         let explicit = request.parent_context().cloned();
-        if let Some(parent) = &explicit {
-            // Without an OpenTelemetry layer this fails; the explicit context
-            // is then injected directly below.
-            let _ = span.set_parent(parent.clone());
-        }
+        let (span, cx) = match (&layer.tracer, layer.spans_disabled) {
+            (_, true) => (ProducerSpan::None, explicit.unwrap_or_else(caller_context)),
+            (SpanTracer::OpenTelemetry(tracer), false) => {
+                let parent = explicit.unwrap_or_else(caller_context);
+                let span = otel_producer_span(tracer, &request, layer, &parent);
+                let cx = parent.with_span(span);
+                (ProducerSpan::OpenTelemetry(cx.clone()), cx)
+            }
+            (SpanTracer::Tracing, false) => {
+                let span = producer_span(&request, layer);
+                if let Some(parent) = &explicit {
+                    // Without an OpenTelemetry layer this fails; the explicit
+                    // context is then injected directly below.
+                    let _ = span.set_parent(parent.clone());
+                }
+                let cx = context_to_inject(&span, explicit);
+                (ProducerSpan::Tracing(span), cx)
+            }
+        };
 
         let caller_set_traceparent = request
             .headers()
@@ -121,7 +132,6 @@ where
         if caller_set_traceparent {
             layer.metrics.injected("kept_caller_context");
         } else {
-            let cx = context_to_inject(&span, explicit);
             if cx.span().span_context().is_valid() {
                 layer.metrics.injected("injected");
             } else {
@@ -140,45 +150,87 @@ where
                 );
                 tracing::warn!(
                     target: "nats_otel",
-                    parent: &span,
                     subject = request.subject(),
                     "trace header limited or not injected: {skip}"
                 );
             }
         }
+        drop(cx);
 
-        let future = {
-            let _entered = span.enter();
-            self.inner.call(request)
+        let future = match &span {
+            ProducerSpan::Tracing(span) => {
+                let _entered = span.enter();
+                self.inner.call(request)
+            }
+            _ => self.inner.call(request),
         };
         ResponseFuture::new(future, span)
     }
 }
 
+/// The PRODUCER span as a `tracing` span; attributes are span fields, so
+/// they reach the OpenTelemetry layer with the span itself.
 fn producer_span<R: PublishMessage>(request: &R, layer: &TracePropagationLayer) -> Span {
     let subject = request.subject();
-    let name = match &layer.span_name {
-        Some(f) => f(subject),
-        None => format!("publish {subject}"),
-    };
+    let name = span_name(subject, layer);
     let span = tracing::info_span!(
         target: "nats_otel",
         "publish",
         otel.name = name,
         otel.kind = "producer",
-    );
-    span.set_attribute(semconv::MESSAGING_SYSTEM, "nats");
-    span.set_attribute(semconv::MESSAGING_DESTINATION_NAME, subject.to_owned());
-    span.set_attribute(semconv::MESSAGING_OPERATION_TYPE, "send");
-    span.set_attribute(semconv::MESSAGING_OPERATION_NAME, "publish");
-    span.set_attribute(
-        semconv::MESSAGING_MESSAGE_BODY_SIZE,
-        request.payload_len() as i64,
+        { semconv::MESSAGING_SYSTEM } = "nats",
+        { semconv::MESSAGING_DESTINATION_NAME } = subject,
+        { semconv::MESSAGING_OPERATION_TYPE } = "send",
+        { semconv::MESSAGING_OPERATION_NAME } = "publish",
+        { semconv::MESSAGING_MESSAGE_BODY_SIZE } = request.payload_len() as i64,
+        { semconv::MESSAGING_MESSAGE_ID } = tracing::field::Empty,
     );
     if let Some((_, id)) = request.headers().and_then(|h| find_header(h, NATS_MSG_ID)) {
-        span.set_attribute(semconv::MESSAGING_MESSAGE_ID, id.to_owned());
+        span.record(semconv::MESSAGING_MESSAGE_ID, id);
     }
     capture_headers(&span, request.headers(), &layer.capture_headers);
+    span
+}
+
+fn span_name(subject: &str, layer: &TracePropagationLayer) -> String {
+    match &layer.span_name {
+        Some(f) => f(subject),
+        None => format!("publish {subject}"),
+    }
+}
+
+/// The PRODUCER span made with an OpenTelemetry tracer. The attributes a
+/// sampler may look at are given at creation; the rest only when the span
+/// is recorded.
+fn otel_producer_span<R: PublishMessage>(
+    tracer: &BoxedTracer,
+    request: &R,
+    layer: &TracePropagationLayer,
+    parent: &Context,
+) -> BoxedSpan {
+    let subject = request.subject();
+    let builder = SpanBuilder::from_name(span_name(subject, layer))
+        .with_kind(SpanKind::Producer)
+        .with_attributes([
+            KeyValue::new(semconv::MESSAGING_SYSTEM, "nats"),
+            KeyValue::new(semconv::MESSAGING_DESTINATION_NAME, subject.to_owned()),
+            KeyValue::new(semconv::MESSAGING_OPERATION_TYPE, "send"),
+            KeyValue::new(semconv::MESSAGING_OPERATION_NAME, "publish"),
+        ]);
+    let mut span = tracer.build_with_context(builder, parent);
+    if span.is_recording() {
+        span.set_attribute(KeyValue::new(
+            semconv::MESSAGING_MESSAGE_BODY_SIZE,
+            request.payload_len() as i64,
+        ));
+        let headers = request.headers();
+        if let Some((_, id)) = headers.and_then(|h| find_header(h, NATS_MSG_ID)) {
+            span.set_attribute(KeyValue::new(semconv::MESSAGING_MESSAGE_ID, id.to_owned()));
+        }
+        for attribute in captured_headers(headers, &layer.capture_headers) {
+            span.set_attribute(attribute);
+        }
+    }
     span
 }
 
@@ -190,15 +242,7 @@ fn context_to_inject(span: &Span, explicit: Option<Context>) -> Context {
     if cx.span().span_context().is_valid() {
         return cx;
     }
-    if let Some(explicit) = explicit {
-        return explicit;
-    }
-    let current = Span::current().context();
-    if current.span().span_context().is_valid() {
-        current
-    } else {
-        Context::current()
-    }
+    explicit.unwrap_or_else(caller_context)
 }
 
 fn warn_invalid_context_once(subject: &str) {

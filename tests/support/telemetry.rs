@@ -4,7 +4,7 @@
 
 use opentelemetry::trace::{SpanId, SpanKind, TraceId, TracerProvider as _};
 use opentelemetry::Value;
-use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider, SpanData};
+use opentelemetry_sdk::trace::{InMemorySpanExporter, Sampler, SdkTracerProvider, SpanData};
 use tracing::subscriber::DefaultGuard;
 use tracing_subscriber::layer::SubscriberExt;
 
@@ -21,8 +21,13 @@ pub struct Telemetry {
 
 /// A tracer provider exporting every finished span to memory at once.
 fn in_memory_provider() -> (InMemorySpanExporter, SdkTracerProvider) {
+    in_memory_provider_sampled(Sampler::ParentBased(Box::new(Sampler::AlwaysOn)))
+}
+
+fn in_memory_provider_sampled(sampler: Sampler) -> (InMemorySpanExporter, SdkTracerProvider) {
     let exporter = InMemorySpanExporter::default();
     let provider = SdkTracerProvider::builder()
+        .with_sampler(sampler)
         .with_simple_exporter(exporter.clone())
         .build();
     (exporter, provider)
@@ -30,7 +35,12 @@ fn in_memory_provider() -> (InMemorySpanExporter, SdkTracerProvider) {
 
 impl Telemetry {
     pub fn install() -> Self {
-        let (exporter, provider) = in_memory_provider();
+        Self::install_sampled(Sampler::ParentBased(Box::new(Sampler::AlwaysOn)))
+    }
+
+    /// Like [`install`](Self::install), with `sampler` in the provider.
+    pub fn install_sampled(sampler: Sampler) -> Self {
+        let (exporter, provider) = in_memory_provider_sampled(sampler);
         let tracer = provider.tracer("nats-otel-tests");
         let subscriber = tracing_subscriber::registry()
             .with(tracing_opentelemetry::layer().with_tracer(tracer))
@@ -45,6 +55,12 @@ impl Telemetry {
             provider,
             _guard: guard,
         }
+    }
+
+    /// A tracer of the provider the `tracing` layer exports through, for
+    /// the layer's and adapter's `.tracer(...)`.
+    pub fn tracer(&self) -> opentelemetry_sdk::trace::SdkTracer {
+        self.provider.tracer("nats-otel")
     }
 
     /// All finished spans, after a flush.

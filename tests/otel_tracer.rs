@@ -1,0 +1,278 @@
+//! Spans made with an OpenTelemetry tracer (`.tracer(...)` on the layer and
+//! the adapter) instead of as `tracing` spans: the same trees, parents,
+//! attributes and error handling, against a real server; spans checked
+//! through the in-memory exporter.
+#![cfg(feature = "jetstream")]
+
+mod support;
+
+use std::time::Duration;
+
+use async_nats::HeaderMap;
+use futures::StreamExt;
+use nats_otel::{
+    ContextExtractingConsumer, ContextExtractor, ContextSource, CorePublisher, JetStreamPublisher,
+    MessageContextExt, MessageMeta, Publish, Redelivery, TraceContextStreamExt,
+    TracePropagationLayer,
+};
+use opentelemetry::trace::{SpanKind, Status, TraceContextExt};
+use opentelemetry_sdk::trace::Sampler;
+use support::nats::*;
+use support::server::NatsServer;
+use support::telemetry::*;
+use tower::{Layer, Service, ServiceExt};
+use tracing::Instrument;
+
+#[tokio::test]
+async fn core_chain_api_publish_process_handler_with_a_tracer() {
+    let telemetry = Telemetry::install();
+    let server = NatsServer::start();
+    let client = connect(&server).await;
+    let mut jobs = client
+        .subscribe("jobs.otel")
+        .await
+        .unwrap()
+        .with_trace_context()
+        .tracer(telemetry.tracer());
+    client.flush().await.unwrap();
+
+    let mut publisher = TracePropagationLayer::new()
+        .tracer(telemetry.tracer())
+        .capture_headers(["Job-Kind"])
+        .layer(CorePublisher::new(client.clone()));
+    let api = tracing::info_span!("api");
+    let publish_request = Publish::new("jobs.otel", "{\"id\":1}")
+        .header("Job-Kind", "resize")
+        .unwrap();
+    publish_in_span(&mut publisher, api, publish_request).await;
+
+    let (message, cx) = next(&mut jobs).await;
+    assert_eq!(&message.payload[..], b"{\"id\":1}");
+    assert_eq!(
+        cx.extraction().map(|r| r.source()),
+        Some(ContextSource::Headers)
+    );
+    assert!(
+        cx.process_span().is_none(),
+        "no tracing span when a tracer makes the process span"
+    );
+    assert!(
+        cx.span().is_recording(),
+        "the process span is in the context"
+    );
+    let handler = cx.handler_span(tracing::info_span!("handler")).unwrap();
+    async {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    .instrument(handler)
+    .await;
+    drop(cx);
+
+    let api = telemetry.span("api");
+    let publish = telemetry.span("publish jobs.otel");
+    let process = telemetry.span("process jobs.otel");
+    let handler = telemetry.span("handler");
+    assert_root(&api);
+    assert_kind(&publish, SpanKind::Producer);
+    assert_kind(&process, SpanKind::Consumer);
+    assert_child_of(&publish, &api);
+    assert_child_of(&process, &publish);
+    assert!(process.parent_span_is_remote);
+    assert_child_of(&handler, &process);
+    assert_within(&handler, &process);
+    assert_eq!(publish.instrumentation_scope.name(), "nats-otel");
+    for (span, operation) in [(&publish, "send"), (&process, "process")] {
+        assert_attribute(span, "messaging.system", "nats");
+        assert_attribute(span, "messaging.destination.name", "jobs.otel");
+        assert_attribute(span, "messaging.operation.type", operation);
+        assert_attribute(span, "messaging.message.body.size", 8i64);
+    }
+    assert_attribute(&publish, "messaging.nats.header.job-kind", "resize");
+    assert_attribute(&process, "nats_otel.context.source", "headers");
+}
+
+#[tokio::test]
+async fn explicit_context_is_the_parent_with_a_tracer() {
+    let telemetry = Telemetry::install();
+    let server = NatsServer::start();
+    let client = connect(&server).await;
+    let mut jobs = traced_subscription(&client, "jobs.explicit").await;
+
+    let api = tracing::info_span!("api");
+    let api_cx = {
+        use tracing_opentelemetry::OpenTelemetrySpanExt;
+        api.context()
+    };
+    // Published outside any span: only the explicit context says who the
+    // parent is.
+    let mut publisher = TracePropagationLayer::new()
+        .tracer(telemetry.tracer())
+        .layer(CorePublisher::new(client.clone()));
+    publish(
+        &mut publisher,
+        Publish::new("jobs.explicit", "x").context(api_cx),
+    )
+    .await;
+    drop(api);
+
+    let (_message, cx) = next(&mut jobs).await;
+    drop(cx);
+    let api = telemetry.span("api");
+    let publish = telemetry.span("publish jobs.explicit");
+    assert_child_of(&publish, &api);
+    assert_child_of(&telemetry.span("process jobs.explicit"), &publish);
+}
+
+#[tokio::test]
+async fn jetstream_publish_error_marks_the_producer_span_with_a_tracer() {
+    let telemetry = Telemetry::install();
+    let server = NatsServer::start();
+    let js = jetstream(&server).await;
+    let mut publisher = TracePropagationLayer::new()
+        .tracer(telemetry.tracer())
+        .layer(JetStreamPublisher::new(js));
+
+    // No stream listens on this subject.
+    let error = publisher
+        .ready()
+        .await
+        .unwrap()
+        .call(Publish::new("nowhere.otel", "x"))
+        .await
+        .expect_err("no stream: the publish must fail");
+    let publish = telemetry.span("publish nowhere.otel");
+    assert!(
+        matches!(&publish.status, Status::Error { description } if description.contains(&error.to_string())),
+        "status {:?} should carry {error}",
+        publish.status
+    );
+    assert!(attribute(&publish, "error.type").is_some());
+    assert!(publish.end_time >= publish.start_time);
+}
+
+#[tokio::test]
+async fn jetstream_chain_and_redelivery_link_with_a_tracer() {
+    let telemetry = Telemetry::install();
+    let server = NatsServer::start();
+    let js = jetstream(&server).await;
+    let stream = jobs_stream(&js).await;
+    let consumer = durable_consumer(&stream, "worker").await;
+    let mut publisher = TracePropagationLayer::new()
+        .tracer(telemetry.tracer())
+        .layer(JetStreamPublisher::new(js.clone()));
+    publish_in_span(
+        &mut publisher,
+        tracing::info_span!("api"),
+        Publish::new("jobs.redo", "x"),
+    )
+    .await;
+
+    let extractor = ContextExtractor::new()
+        .tracer(telemetry.tracer())
+        .redelivery(Redelivery::NewTraceWithLink);
+    let mut messages =
+        ContextExtractingConsumer::with_extractor(consumer.messages().await.unwrap(), extractor);
+    // First delivery: nak it so it comes again.
+    let (message, cx) = next(&mut messages).await.unwrap();
+    drop(cx);
+    message
+        .ack_with(async_nats::jetstream::AckKind::Nak(None))
+        .await
+        .unwrap();
+    let (message, cx) = next(&mut messages).await.unwrap();
+    assert_eq!(message.info().unwrap().delivered, 2);
+    drop(cx);
+    message.ack().await.unwrap();
+
+    let api = telemetry.span("api");
+    let publish = telemetry.span("publish jobs.redo");
+    assert_child_of(&publish, &api);
+    let processes = telemetry.spans_named("process jobs.redo");
+    assert_eq!(processes.len(), 2, "one process span per delivery");
+    let first = processes
+        .iter()
+        .find(|s| attribute(s, "messaging.nats.delivered") == Some(1i64.into()))
+        .expect("first delivery span");
+    let second = processes
+        .iter()
+        .find(|s| attribute(s, "messaging.nats.delivered") == Some(2i64.into()))
+        .expect("second delivery span");
+    assert_child_of(first, &publish);
+    assert_attribute(first, "messaging.nats.stream", "JOBS");
+    assert_root(second);
+    assert_ne!(
+        trace_id(second),
+        trace_id(&api),
+        "a new trace for the retry"
+    );
+    assert_eq!(second.links.len(), 1);
+    assert_eq!(
+        second.links.links[0].span_context.span_id(),
+        span_id(&publish),
+        "the retry links to the creation context"
+    );
+}
+
+#[tokio::test]
+async fn missing_context_is_recorded_on_the_process_span_with_a_tracer() {
+    let telemetry = Telemetry::install();
+    let meta_message = async_nats::Message {
+        subject: "jobs.bare".into(),
+        reply: None,
+        payload: "{}".into(),
+        headers: Some(HeaderMap::new()),
+        status: None,
+        description: None,
+        length: 0,
+    };
+    let cx = ContextExtractor::new()
+        .tracer(telemetry.tracer())
+        .extract(&MessageMeta::of(&meta_message));
+    let record = cx.extraction().unwrap().clone();
+    assert_eq!(record.source(), ContextSource::None);
+    drop(cx);
+    let process = telemetry.span("process jobs.bare");
+    assert_root(&process);
+    assert_attribute(&process, "nats_otel.context.source", "none");
+    assert_attribute(
+        &process,
+        "nats_otel.context.reason",
+        record.reason().unwrap().as_str(),
+    );
+}
+
+/// With spans unsampled the trace still crosses NATS: the consumer gets the
+/// producer's trace id, and nothing is exported.
+#[tokio::test]
+async fn unsampled_spans_still_carry_the_trace_id_with_a_tracer() {
+    let telemetry = Telemetry::install_sampled(Sampler::AlwaysOff);
+    let server = NatsServer::start();
+    let client = connect(&server).await;
+    let mut raw = client.subscribe("jobs.unsampled").await.unwrap();
+    client.flush().await.unwrap();
+    let mut publisher = TracePropagationLayer::new()
+        .tracer(telemetry.tracer())
+        .layer(CorePublisher::new(client.clone()));
+    publish(&mut publisher, Publish::new("jobs.unsampled", "x")).await;
+
+    let message = next(&mut raw).await;
+    let traceparent = message
+        .headers
+        .as_ref()
+        .and_then(|h| h.get("traceparent"))
+        .expect("a traceparent even when unsampled")
+        .to_string();
+    assert!(traceparent.ends_with("-00"), "not sampled: {traceparent}");
+    let cx = ContextExtractor::new()
+        .tracer(telemetry.tracer())
+        .extract(&MessageMeta::of(&message));
+    let trace_id = cx.span().span_context().trace_id().to_string();
+    assert_eq!(&traceparent[3..35], trace_id, "same trace on both sides");
+    assert!(!cx.span().is_recording());
+    drop(cx);
+    assert!(
+        telemetry.spans().is_empty(),
+        "nothing sampled, nothing exported"
+    );
+    let _ = raw.next();
+}
