@@ -20,7 +20,7 @@
 //! | `NATS_OTEL_BENCH_WINDOW` | 256 | JetStream acks in flight (KV: a quarter of it) |
 //! | `NATS_OTEL_BENCH_RSS_MESSAGES` | 1000000 | messages consumed for the RSS check |
 //! | `NATS_OTEL_BENCH_PAYLOAD` | 128 | payload bytes |
-//! | `NATS_OTEL_BENCH_ONLY` | (all) | comma-separated subset: `core`, `core_sampled`, `core_tracer`, `core_tracer_sampled`, `core_nospans`, `js`, `consume`, `consume_tracer`, `kv`, `rss` |
+//! | `NATS_OTEL_BENCH_ONLY` | (all) | comma-separated subset: `core`, `core_sampled`, `core_tracer`, `core_tracer_sampled`, `core_nospans`, `js`, `js_tracer`, `consume`, `consume_tracer`, `kv`, `rss` |
 //!
 //! Under `cargo test --benches` (no `--bench` argument) it does nothing.
 
@@ -41,7 +41,10 @@ use nats_otel::{
     MessageContextExt, Publish, TraceContextStreamExt, TracePropagationLayer,
 };
 use opentelemetry::propagation::{Extractor, TextMapPropagator};
-use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
+use opentelemetry::trace::{
+    SpanBuilder, SpanKind, TraceContextExt, Tracer as _, TracerProvider as _,
+};
+use opentelemetry::KeyValue;
 use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{
@@ -283,17 +286,27 @@ async fn core_publish(
     .await
 }
 
-async fn jetstream_publish(js: &jetstream::Context, s: &Settings, payload: &Bytes) -> Result<Row> {
+async fn jetstream_publish(
+    js: &jetstream::Context,
+    s: &Settings,
+    payload: &Bytes,
+    tracer: Option<SdkTracer>,
+    name: &'static str,
+) -> Result<Row> {
     let subject = Subject::from("bench.js");
     let headers = raw_headers(None);
     let (n, window) = (s.js_messages, s.window);
     pair(
-        "JetStream publish, acks pipelined (unsampled)",
+        name,
         ">= 0.95",
         s.rounds,
         n,
         || async {
-            let mut svc = TracePropagationLayer::new().layer(JetStreamSender::new(js.clone()));
+            let mut layer = TracePropagationLayer::new();
+            if let Some(tracer) = &tracer {
+                layer = layer.tracer(tracer.clone());
+            }
+            let mut svc = layer.layer(JetStreamSender::new(js.clone()));
             let mut acks = VecDeque::with_capacity(window);
             let start = Instant::now();
             for _ in 0..n {
@@ -480,17 +493,38 @@ async fn consume(
                 for _ in 0..chunk {
                     let message = next(&mut messages).await?;
                     // The hand-written way: extract with the SDK, start a
-                    // CONSUMER span under the remote parent.
+                    // CONSUMER span under the remote parent, made the same
+                    // way as ours (a `tracing` span, or with the tracer).
                     let remote = propagator.extract(&PlainExtractor(message.headers.as_ref()));
-                    let span = tracing::info_span!(
-                        "process",
-                        otel.name = format!("process {}", message.subject),
-                        otel.kind = "consumer",
-                        messaging.system = "nats",
-                        messaging.destination.name = message.subject.as_str(),
-                    );
-                    let _ = span.set_parent(remote);
-                    std::hint::black_box((&message, &span));
+                    match &tracer {
+                        None => {
+                            let span = tracing::info_span!(
+                                "process",
+                                otel.name = format!("process {}", message.subject),
+                                otel.kind = "consumer",
+                                messaging.system = "nats",
+                                messaging.destination.name = message.subject.as_str(),
+                            );
+                            let _ = span.set_parent(remote);
+                            std::hint::black_box((&message, &span));
+                        }
+                        Some(tracer) => {
+                            let span = tracer.build_with_context(
+                                SpanBuilder::from_name(format!("process {}", message.subject))
+                                    .with_kind(SpanKind::Consumer)
+                                    .with_attributes([
+                                        KeyValue::new("messaging.system", "nats"),
+                                        KeyValue::new(
+                                            "messaging.destination.name",
+                                            message.subject.to_string(),
+                                        ),
+                                    ]),
+                                &remote,
+                            );
+                            let cx = remote.with_span(span);
+                            std::hint::black_box((&message, &cx));
+                        }
+                    }
                 }
                 elapsed += start.elapsed();
                 left -= chunk;
@@ -808,7 +842,26 @@ fn main() -> Result<()> {
         rows.push(with_dispatch(
             &unsampled,
             &rt,
-            jetstream_publish(&js, &s, &payload),
+            jetstream_publish(
+                &js,
+                &s,
+                &payload,
+                None,
+                "JetStream publish, acks pipelined (unsampled)",
+            ),
+        )?);
+    }
+    if run("js_tracer") {
+        rows.push(with_dispatch(
+            &unsampled,
+            &rt,
+            jetstream_publish(
+                &js,
+                &s,
+                &payload,
+                Some(unsampled_provider.tracer("nats-otel")),
+                "JetStream publish, `.tracer(...)`, acks pipelined (unsampled)",
+            ),
         )?);
     }
     if run("consume") {

@@ -19,7 +19,7 @@ use std::fmt;
 
 use async_nats::header::{HeaderMap, HeaderName, HeaderValue};
 use opentelemetry::propagation::{Extractor, Injector};
-use opentelemetry::trace::TraceContextExt;
+use opentelemetry::trace::{SpanContext, TraceContextExt};
 use opentelemetry::Context;
 
 use crate::extraction::ExtractionRecord;
@@ -408,8 +408,12 @@ impl<'a> HeaderInjector<'a> {
     /// `BaggagePropagator` write, minus the empty `tracestate`, within the
     /// W3C limits.
     pub(crate) fn inject_w3c(&mut self, cx: &Context) {
-        let span = cx.span();
-        let sc = span.span_context();
+        self.inject_w3c_span(cx.span().span_context(), cx);
+    }
+
+    /// [`inject_w3c`](Self::inject_w3c) for the span `sc`, with the baggage
+    /// of `baggage_cx`.
+    pub(crate) fn inject_w3c_span(&mut self, sc: &SpanContext, baggage_cx: &Context) {
         if sc.is_valid() {
             let traceparent = traceparent_string(sc.trace_id(), sc.span_id(), sc.trace_flags());
             self.headers
@@ -419,7 +423,7 @@ impl<'a> HeaderInjector<'a> {
                 self.insert_checked(TRACESTATE_NAME, TRACESTATE, value);
             }
         }
-        if let Some((value, dropped)) = baggage_value(cx) {
+        if let Some((value, dropped)) = baggage_value(baggage_cx) {
             self.note_dropped(BAGGAGE, dropped);
             self.insert_checked(BAGGAGE_NAME, BAGGAGE, value);
         }

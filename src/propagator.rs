@@ -11,6 +11,7 @@ use std::sync::{Arc, LazyLock};
 
 use opentelemetry::global;
 use opentelemetry::propagation::{TextMapCompositePropagator, TextMapPropagator};
+use opentelemetry::trace::{SpanContext, TraceContextExt};
 use opentelemetry::Context;
 use opentelemetry_sdk::propagation::{BaggagePropagator, TraceContextPropagator};
 
@@ -92,6 +93,22 @@ impl PropagatorChoice {
         self.resolve(|resolved| match resolved {
             Resolved::W3c => injector.inject_w3c(cx),
             Resolved::Generic(p) => p.inject_context(cx, injector),
+        })
+    }
+
+    /// Injects the span `sc` as a child of `parent` (whose baggage goes
+    /// along) without putting the span into a [`Context`] first.
+    pub(crate) fn inject_span(
+        &self,
+        sc: &SpanContext,
+        parent: &Context,
+        injector: &mut HeaderInjector<'_>,
+    ) {
+        self.resolve(|resolved| match resolved {
+            Resolved::W3c => injector.inject_w3c_span(sc, parent),
+            Resolved::Generic(p) => {
+                p.inject_context(&parent.with_remote_span_context(sc.clone()), injector)
+            }
         })
     }
 }

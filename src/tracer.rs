@@ -10,12 +10,14 @@
 //! OpenTelemetry context, which tracing-opentelemetry keeps in step with the
 //! entered `tracing` span.
 
+use std::any::Any;
 use std::fmt;
 use std::sync::Arc;
 
 use opentelemetry::global::BoxedTracer;
 use opentelemetry::trace::{TraceContextExt, Tracer};
 use opentelemetry::Context;
+use opentelemetry_sdk::trace::SdkTracer;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 /// Where the crate's spans are made.
@@ -25,15 +27,18 @@ pub(crate) enum SpanTracer {
     /// layer.
     #[default]
     Tracing,
-    /// OpenTelemetry spans made with this tracer.
-    OpenTelemetry(Arc<BoxedTracer>),
+    /// The SDK's tracer, called without dynamic dispatch: the common case.
+    Sdk(SdkTracer),
+    /// Any other tracer.
+    Boxed(Arc<BoxedTracer>),
 }
 
 impl fmt::Debug for SpanTracer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Tracing => f.write_str("Tracing"),
-            Self::OpenTelemetry(_) => f.write_str("OpenTelemetry"),
+            Self::Sdk(_) => f.write_str("Sdk"),
+            Self::Boxed(_) => f.write_str("Boxed"),
         }
     }
 }
@@ -44,7 +49,10 @@ impl SpanTracer {
         T: Tracer + Send + Sync + 'static,
         T::Span: Send + Sync + 'static,
     {
-        Self::OpenTelemetry(Arc::new(BoxedTracer::new(Box::new(tracer))))
+        match (&tracer as &dyn Any).downcast_ref::<SdkTracer>() {
+            Some(sdk) => Self::Sdk(sdk.clone()),
+            None => Self::Boxed(Arc::new(BoxedTracer::new(Box::new(tracer)))),
+        }
     }
 }
 
@@ -67,4 +75,14 @@ pub(crate) fn caller_context() -> Context {
         }
     }
     current
+}
+
+/// `{operation} {subject}`, the default span name, without the formatting
+/// machinery (`format!` costs several times more on the per-message path).
+pub(crate) fn operation_span_name(operation: &str, subject: &str) -> String {
+    let mut name = String::with_capacity(operation.len() + 1 + subject.len());
+    name.push_str(operation);
+    name.push(' ');
+    name.push_str(subject);
+    name
 }

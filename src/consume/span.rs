@@ -2,8 +2,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use async_nats::HeaderMap;
-use opentelemetry::global::BoxedTracer;
-use opentelemetry::trace::{Link, Span as _, SpanBuilder, SpanKind, TraceContextExt, Tracer as _};
+use opentelemetry::trace::{Link, Span as _, SpanBuilder, SpanKind, TraceContextExt, Tracer};
 use opentelemetry::{Context, KeyValue};
 use tracing::Span;
 use tracing_opentelemetry::{OpenTelemetrySpanExt, SetParentError};
@@ -16,7 +15,7 @@ use crate::attr;
 use crate::carrier::find_header;
 use crate::extraction::{ContextSource, ExtractionRecord};
 use crate::metrics::Metrics;
-use crate::tracer::SpanTracer;
+use crate::tracer::{operation_span_name, SpanTracer};
 
 /// Holds the CONSUMER `process` span inside the yielded [`Context`]; the
 /// span ends when the last clone of that context is dropped.
@@ -93,10 +92,16 @@ pub(crate) fn process_context(
     }
     let name = match &options.span_name {
         Some(f) => f(subject),
-        None => format!("process {subject}"),
+        None => operation_span_name("process", subject),
     };
-    if let SpanTracer::OpenTelemetry(tracer) = &options.tracer {
-        return otel_process_context(tracer, name, meta, remote, record, options);
+    match &options.tracer {
+        SpanTracer::Tracing => {}
+        SpanTracer::Sdk(tracer) => {
+            return otel_process_context(tracer, name, meta, remote, record, options)
+        }
+        SpanTracer::Boxed(tracer) => {
+            return otel_process_context(tracer.as_ref(), name, meta, remote, record, options)
+        }
     }
     let span = tracing::info_span!(
         target: "nats_otel",
@@ -152,14 +157,18 @@ pub(crate) fn process_context(
 /// [`process_context`] with a span made by an OpenTelemetry tracer: the
 /// attributes a sampler may look at are given at creation, the rest only
 /// when the span is recorded.
-fn otel_process_context(
-    tracer: &BoxedTracer,
+fn otel_process_context<T>(
+    tracer: &T,
     name: String,
     meta: &MessageMeta<'_>,
     remote: Context,
     record: ExtractionRecord,
     options: &ProcessOptions,
-) -> Context {
+) -> Context
+where
+    T: Tracer,
+    T::Span: Send + Sync + 'static,
+{
     let subject = meta.subject;
     let mut builder = SpanBuilder::from_name(name)
         .with_kind(SpanKind::Consumer)

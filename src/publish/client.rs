@@ -1,3 +1,4 @@
+use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll};
 
 use async_nats::{Client, Message, PublishError, RequestError};
@@ -26,13 +27,15 @@ use super::request::Publish;
 /// ```
 #[derive(Debug, Clone)]
 pub struct CorePublisher {
-    client: Client,
+    client: Arc<Client>,
 }
 
 impl CorePublisher {
     /// Publishes through `client`.
     pub fn new(client: Client) -> Self {
-        Self { client }
+        Self {
+            client: Arc::new(client),
+        }
     }
 
     /// The client.
@@ -42,7 +45,7 @@ impl CorePublisher {
 
     /// Unwraps the client.
     pub fn into_inner(self) -> Client {
-        self.client
+        Arc::unwrap_or_clone(self.client)
     }
 }
 
@@ -56,7 +59,7 @@ impl Service<Publish> for CorePublisher {
     }
 
     fn call(&mut self, request: Publish) -> Self::Future {
-        let client = self.client.clone();
+        let client = Arc::clone(&self.client);
         let parts = request.into_parts();
         Box::pin(async move {
             match parts.reply {
@@ -103,13 +106,15 @@ impl Service<Publish> for CorePublisher {
 /// ```
 #[derive(Debug, Clone)]
 pub struct Requester {
-    client: Client,
+    client: Arc<Client>,
 }
 
 impl Requester {
     /// Sends requests through `client`.
     pub fn new(client: Client) -> Self {
-        Self { client }
+        Self {
+            client: Arc::new(client),
+        }
     }
 
     /// The client.
@@ -119,7 +124,7 @@ impl Requester {
 
     /// Unwraps the client.
     pub fn into_inner(self) -> Client {
-        self.client
+        Arc::unwrap_or_clone(self.client)
     }
 }
 
@@ -133,7 +138,7 @@ impl Service<Publish> for Requester {
     }
 
     fn call(&mut self, request: Publish) -> Self::Future {
-        let client = self.client.clone();
+        let client = Arc::clone(&self.client);
         let parts = request.into_parts();
         Box::pin(async move {
             client

@@ -2,8 +2,9 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
-use opentelemetry::trace::{Status, TraceContextExt};
-use opentelemetry::{Context as OtelContext, KeyValue};
+use opentelemetry::global::BoxedSpan;
+use opentelemetry::trace::{Span as OtelSpan, SpanContext, Status};
+use opentelemetry::KeyValue;
 use pin_project_lite::pin_project;
 use tracing::Span;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
@@ -15,37 +16,52 @@ pub(crate) enum ProducerSpan {
     None,
     /// A `tracing` span (the default).
     Tracing(Span),
-    /// A span made with an OpenTelemetry tracer, held in a context.
-    OpenTelemetry(OtelContext),
+    /// A span made with the SDK's tracer.
+    Sdk(opentelemetry_sdk::trace::Span),
+    /// A span made with any other OpenTelemetry tracer.
+    Boxed(BoxedSpan),
 }
 
 impl ProducerSpan {
-    pub(crate) fn add_event(&self, name: &'static str, attributes: Vec<KeyValue>) {
+    /// The span's context when it was made with an OpenTelemetry tracer.
+    pub(crate) fn otel_span_context(&self) -> Option<&SpanContext> {
         match self {
-            Self::None => {}
-            Self::Tracing(span) => span.add_event(name, attributes),
-            Self::OpenTelemetry(cx) => cx.span().add_event(name, attributes),
+            Self::None | Self::Tracing(_) => None,
+            Self::Sdk(span) => Some(span.span_context()),
+            Self::Boxed(span) => Some(span.span_context()),
         }
     }
 
-    fn record_error<E: std::fmt::Display>(&self, error: &E) {
+    pub(crate) fn add_event(&mut self, name: &'static str, attributes: Vec<KeyValue>) {
+        match self {
+            Self::None => {}
+            Self::Tracing(span) => span.add_event(name, attributes),
+            Self::Sdk(span) => span.add_event(name, attributes),
+            Self::Boxed(span) => span.add_event(name, attributes),
+        }
+    }
+
+    fn record_error<E: std::fmt::Display>(&mut self, error: &E) {
+        fn otel<S: OtelSpan, E: std::fmt::Display>(span: &mut S, error: &E) {
+            span.set_attribute(KeyValue::new(
+                opentelemetry_semantic_conventions::attribute::ERROR_TYPE,
+                error_type::<E>(),
+            ));
+            span.set_status(Status::error(error.to_string()));
+        }
         match self {
             Self::None => {}
             Self::Tracing(span) => record_error(span, error),
-            Self::OpenTelemetry(cx) => {
-                let span = cx.span();
-                span.set_attribute(KeyValue::new(
-                    opentelemetry_semantic_conventions::attribute::ERROR_TYPE,
-                    error_type::<E>(),
-                ));
-                span.set_status(Status::error(error.to_string()));
-            }
+            Self::Sdk(span) => otel(span, error),
+            Self::Boxed(span) => otel(span, error),
         }
     }
 
     fn end(self) {
-        if let Self::OpenTelemetry(cx) = self {
-            cx.span().end();
+        match self {
+            Self::None | Self::Tracing(_) => {}
+            Self::Sdk(mut span) => span.end(),
+            Self::Boxed(mut span) => span.end(),
         }
     }
 }
@@ -89,7 +105,7 @@ where
             };
             ready!(this.inner.poll(cx))
         };
-        if let Some(span) = this.span.take() {
+        if let Some(mut span) = this.span.take() {
             if let Err(error) = &output {
                 span.record_error(error);
             }

@@ -1,3 +1,4 @@
+use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll};
 
 use async_nats::jetstream::context::{PublishAckFuture, PublishError};
@@ -30,13 +31,15 @@ use super::request::Publish;
 /// ```
 #[derive(Debug, Clone)]
 pub struct JetStreamPublisher {
-    context: async_nats::jetstream::Context,
+    context: Arc<async_nats::jetstream::Context>,
 }
 
 impl JetStreamPublisher {
     /// Publishes through the JetStream `context`.
     pub fn new(context: async_nats::jetstream::Context) -> Self {
-        Self { context }
+        Self {
+            context: Arc::new(context),
+        }
     }
 
     /// The JetStream context.
@@ -46,7 +49,7 @@ impl JetStreamPublisher {
 
     /// Unwraps the JetStream context.
     pub fn into_inner(self) -> async_nats::jetstream::Context {
-        self.context
+        Arc::unwrap_or_clone(self.context)
     }
 }
 
@@ -60,7 +63,7 @@ impl Service<Publish> for JetStreamPublisher {
     }
 
     fn call(&mut self, request: Publish) -> Self::Future {
-        let context = self.context.clone();
+        let context = Arc::clone(&self.context);
         let parts = request.into_parts();
         Box::pin(async move {
             context
@@ -99,13 +102,15 @@ impl Service<Publish> for JetStreamPublisher {
 /// ```
 #[derive(Debug, Clone)]
 pub struct JetStreamSender {
-    context: async_nats::jetstream::Context,
+    context: Arc<async_nats::jetstream::Context>,
 }
 
 impl JetStreamSender {
     /// Publishes through the JetStream `context`.
     pub fn new(context: async_nats::jetstream::Context) -> Self {
-        Self { context }
+        Self {
+            context: Arc::new(context),
+        }
     }
 
     /// The JetStream context.
@@ -115,7 +120,7 @@ impl JetStreamSender {
 
     /// Unwraps the JetStream context.
     pub fn into_inner(self) -> async_nats::jetstream::Context {
-        self.context
+        Arc::unwrap_or_clone(self.context)
     }
 }
 
@@ -129,7 +134,7 @@ impl Service<Publish> for JetStreamSender {
     }
 
     fn call(&mut self, request: Publish) -> Self::Future {
-        let context = self.context.clone();
+        let context = Arc::clone(&self.context);
         let parts = request.into_parts();
         Box::pin(async move {
             context

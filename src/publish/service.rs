@@ -1,8 +1,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context as TaskContext, Poll};
 
-use opentelemetry::global::{BoxedSpan, BoxedTracer};
-use opentelemetry::trace::{Span as _, SpanBuilder, SpanKind, TraceContextExt, Tracer as _};
+use opentelemetry::trace::{Span as _, SpanBuilder, SpanKind, TraceContextExt, Tracer};
 use opentelemetry::{Context, KeyValue};
 use tower_service::Service;
 use tracing::Span;
@@ -13,7 +12,7 @@ use super::layer::TracePropagationLayer;
 use super::request::PublishMessage;
 use crate::carrier::{find_header, HeaderInjector};
 use crate::consume::span::{capture_headers, captured_headers};
-use crate::tracer::{caller_context, SpanTracer};
+use crate::tracer::{caller_context, operation_span_name, SpanTracer};
 use crate::w3c::TRACEPARENT;
 use opentelemetry_semantic_conventions::attribute as semconv;
 
@@ -106,13 +105,19 @@ where
             return ResponseFuture::new(self.inner.call(request), ProducerSpan::None);
         }
         let explicit = request.parent_context().cloned();
-        let (span, cx) = match (&layer.tracer, layer.spans_disabled) {
+        // The span, and the context to inject: the span's own (tracing), or
+        // its parent's, the span's context being injected over it.
+        let (mut span, cx) = match (&layer.tracer, layer.spans_disabled) {
             (_, true) => (ProducerSpan::None, explicit.unwrap_or_else(caller_context)),
-            (SpanTracer::OpenTelemetry(tracer), false) => {
+            (SpanTracer::Sdk(tracer), false) => {
                 let parent = explicit.unwrap_or_else(caller_context);
                 let span = otel_producer_span(tracer, &request, layer, &parent);
-                let cx = parent.with_span(span);
-                (ProducerSpan::OpenTelemetry(cx.clone()), cx)
+                (ProducerSpan::Sdk(span), parent)
+            }
+            (SpanTracer::Boxed(tracer), false) => {
+                let parent = explicit.unwrap_or_else(caller_context);
+                let span = otel_producer_span(tracer.as_ref(), &request, layer, &parent);
+                (ProducerSpan::Boxed(span), parent)
             }
             (SpanTracer::Tracing, false) => {
                 let span = producer_span(&request, layer);
@@ -132,17 +137,26 @@ where
         if caller_set_traceparent {
             layer.metrics.injected("kept_caller_context");
         } else {
-            if cx.span().span_context().is_valid() {
+            let (valid, skipped) = {
+                let mut injector = HeaderInjector::new(request.headers_mut());
+                let valid = match span.otel_span_context() {
+                    Some(sc) => {
+                        layer.propagator.inject_span(sc, &cx, &mut injector);
+                        sc.is_valid()
+                    }
+                    None => {
+                        layer.propagator.inject(&cx, &mut injector);
+                        cx.span().span_context().is_valid()
+                    }
+                };
+                (valid, injector.into_skipped())
+            };
+            if valid {
                 layer.metrics.injected("injected");
             } else {
                 layer.metrics.injected("no_context");
                 warn_invalid_context_once(request.subject());
             }
-            let skipped = {
-                let mut injector = HeaderInjector::new(request.headers_mut());
-                self.layer.propagator.inject(&cx, &mut injector);
-                injector.into_skipped()
-            };
             for skip in skipped {
                 span.add_event(
                     "nats_otel.inject_skipped",
@@ -195,19 +209,19 @@ fn producer_span<R: PublishMessage>(request: &R, layer: &TracePropagationLayer) 
 fn span_name(subject: &str, layer: &TracePropagationLayer) -> String {
     match &layer.span_name {
         Some(f) => f(subject),
-        None => format!("publish {subject}"),
+        None => operation_span_name("publish", subject),
     }
 }
 
 /// The PRODUCER span made with an OpenTelemetry tracer. The attributes a
 /// sampler may look at are given at creation; the rest only when the span
 /// is recorded.
-fn otel_producer_span<R: PublishMessage>(
-    tracer: &BoxedTracer,
+fn otel_producer_span<T: Tracer, R: PublishMessage>(
+    tracer: &T,
     request: &R,
     layer: &TracePropagationLayer,
     parent: &Context,
-) -> BoxedSpan {
+) -> T::Span {
     let subject = request.subject();
     let builder = SpanBuilder::from_name(span_name(subject, layer))
         .with_kind(SpanKind::Producer)
