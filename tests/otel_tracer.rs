@@ -12,9 +12,10 @@ use async_nats::HeaderMap;
 use futures::StreamExt;
 use nats_otel::{
     ContextExtractingConsumer, ContextExtractor, ContextSource, CorePublisher, JetStreamPublisher,
-    MessageContextExt, MessageMeta, Publish, Redelivery, TraceContextStreamExt,
+    MessageContextExt, MessageMeta, Publish, Redelivery, Requester, TraceContextStreamExt,
     TracePropagationLayer,
 };
+use opentelemetry::global::BoxedTracer;
 use opentelemetry::trace::{SpanKind, Status, TraceContextExt};
 use opentelemetry_sdk::trace::Sampler;
 use support::nats::*;
@@ -275,4 +276,65 @@ async fn unsampled_spans_still_carry_the_trace_id_with_a_tracer() {
         "nothing sampled, nothing exported"
     );
     let _ = raw.next();
+}
+
+/// Request/reply with spans from a tracer behind `BoxedTracer` (what
+/// `opentelemetry::global::tracer` returns): the responder joins the
+/// requester's trace and the request span covers the round trip.
+#[tokio::test]
+async fn request_reply_with_a_boxed_tracer() {
+    let telemetry = Telemetry::install();
+    let server = NatsServer::start();
+    let client = connect(&server).await;
+    let boxed = || BoxedTracer::new(Box::new(telemetry.tracer()));
+
+    let mut requests = client
+        .subscribe("svc.boxed")
+        .await
+        .unwrap()
+        .with_trace_context()
+        .tracer(boxed());
+    client.flush().await.unwrap();
+    let responder_client = client.clone();
+    let responder = tokio::spawn(async move {
+        let (request, cx) = next(&mut requests).await;
+        let reply = request.reply.clone().expect("a reply subject");
+        let span = cx.handler_span(tracing::info_span!("responder")).unwrap();
+        async move {
+            responder_client
+                .publish(reply, "pong".into())
+                .await
+                .unwrap();
+            responder_client.flush().await.unwrap();
+        }
+        .instrument(span)
+        .await;
+        drop(cx);
+    });
+
+    let mut requester = TracePropagationLayer::new()
+        .tracer(boxed())
+        .layer(Requester::new(client.clone()));
+    let reply = publish_in_span(
+        &mut requester,
+        tracing::info_span!("api"),
+        Publish::new("svc.boxed", "ping"),
+    )
+    .await;
+    assert_eq!(&reply.payload[..], b"pong");
+    tokio::time::timeout(WAIT, responder)
+        .await
+        .expect("responder finished")
+        .unwrap();
+
+    let api = telemetry.span("api");
+    let request = telemetry.span("publish svc.boxed");
+    let process = telemetry.span("process svc.boxed");
+    let responder = telemetry.span("responder");
+    assert_child_of(&request, &api);
+    assert_kind(&request, SpanKind::Producer);
+    assert_child_of(&process, &request);
+    assert_child_of(&responder, &process);
+    assert_within(&responder, &process);
+    assert!(request.end_time >= responder.end_time);
 }
