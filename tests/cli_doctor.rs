@@ -75,9 +75,7 @@ where
     F: Fn(Option<HeaderMap>) -> Option<HeaderMap> + Send + 'static,
 {
     let mut messages = client.subscribe(from.to_owned()).await.unwrap();
-    // `flush` only writes the socket; an unanswered request returns once
-    // the server has processed the SUB.
-    let _ = client.request(client.new_inbox(), "".into()).await;
+    server_round_trip(client).await;
     let client = client.clone();
     let to = to.to_owned();
     tokio::spawn(async move {

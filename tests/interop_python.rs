@@ -126,7 +126,7 @@ async fn python_producer_to_rust_consumer(casing: &str, names: [&str; 3]) {
         .await
         .unwrap()
         .with_trace_context();
-    client.flush().await.unwrap();
+    server_round_trip(&client).await;
 
     let user = format!("user={KLYUCH}");
     let (child, mut out) = peer(&[

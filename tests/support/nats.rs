@@ -74,8 +74,28 @@ pub async fn durable_consumer(stream: &stream::Stream, name: &str) -> PullConsum
         .unwrap()
 }
 
-/// Subscribes to `subject` through the trace-context adapter and flushes,
-/// so the subscription is in place before anything is published.
+/// Waits until the server has processed everything `client` sent before
+/// (its SUBs included), failing the test after [`WAIT`].
+///
+/// `Client::flush` is not enough: in async-nats 0.51 it only writes the
+/// client's buffer to the socket, so a publish from another connection (or
+/// process) right after it can still find no interest and be dropped. The
+/// server handles one connection's protocol in order, so a message to a
+/// fresh inbox, subscribed and published on this same connection, comes
+/// back only once everything before it was processed.
+pub async fn server_round_trip(client: &Client) {
+    let inbox = client.new_inbox();
+    let mut echo = client.subscribe(inbox.clone()).await.unwrap();
+    client.publish(inbox, "".into()).await.unwrap();
+    tokio::time::timeout(WAIT, echo.next())
+        .await
+        .expect("no round trip through the server within 10 s")
+        .expect("the round-trip subscription ended");
+}
+
+/// Subscribes to `subject` through the trace-context adapter and waits for
+/// a [`server_round_trip`], so the subscription is in place on the server
+/// before anything is published, from any connection.
 pub async fn traced_subscription(
     client: &Client,
     subject: &str,
@@ -85,7 +105,7 @@ pub async fn traced_subscription(
         .await
         .unwrap()
         .with_trace_context();
-    client.flush().await.unwrap();
+    server_round_trip(client).await;
     subscription
 }
 
