@@ -38,6 +38,14 @@ async fn pull_consumer(stream: &stream::Stream, name: &str) -> pull::Stream {
         .unwrap()
 }
 
+/// Subscribes `client` to `subject` and waits for a [`server_round_trip`],
+/// so the subscription is in place before another connection publishes.
+async fn subscribed(client: &Client, subject: &str) -> async_nats::Subscriber {
+    let subscription = client.subscribe(subject.to_owned()).await.unwrap();
+    server_round_trip(client).await;
+    subscription
+}
+
 /// A KV fallback on [`BUCKET`] in `js`, keyed by the subject's second token.
 async fn subject_token_kv(js: &jetstream::Context) -> KvFallback {
     KvFallback::new(
@@ -237,8 +245,7 @@ async fn intact_headers_make_no_kv_read() {
     // `allow_direct` (what `create_key_value` sets) is a request on
     // `$JS.API.DIRECT.GET.KV_<bucket>.$KV.<bucket>.<key>`.
     let watcher = connect(&server).await;
-    let mut direct_gets = watcher.subscribe("$JS.API.DIRECT.GET.>").await.unwrap();
-    watcher.flush().await.unwrap();
+    let mut direct_gets = subscribed(&watcher, "$JS.API.DIRECT.GET.>").await;
 
     let mut publisher = kv_publisher(&client, &kv);
     // Straight to the stream: the headers arrive intact.
@@ -505,8 +512,7 @@ async fn required_write_failure_publishes_nothing() {
         .on_write_failure(WriteFailure::Required);
 
     let watcher = connect(&server).await;
-    let mut events = watcher.subscribe("events.>").await.unwrap();
-    watcher.flush().await.unwrap();
+    let mut events = subscribed(&watcher, "events.>").await;
 
     let mut publisher = kv_publisher(&client, &kv);
     let result = async {
@@ -553,8 +559,7 @@ async fn best_effort_write_failure_publishes_and_records_an_event() {
     let kv = KvFallback::new(store, FallbackKey::subject_token(1));
 
     let watcher = connect(&server).await;
-    let mut events = watcher.subscribe("events.>").await.unwrap();
-    watcher.flush().await.unwrap();
+    let mut events = subscribed(&watcher, "events.>").await;
 
     let mut publisher = kv_publisher(&client, &kv);
     publish_in_api_span(&mut publisher, "events.e1", "{}".into()).await;

@@ -9,7 +9,6 @@ mod support;
 use std::time::Duration;
 
 use async_nats::HeaderMap;
-use futures::StreamExt;
 use nats_otel::{
     ContextExtractingConsumer, ContextExtractor, ContextSource, CorePublisher, JetStreamPublisher,
     MessageContextExt, MessageMeta, Publish, Redelivery, Requester, TraceContextStreamExt,

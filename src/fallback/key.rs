@@ -1,3 +1,4 @@
+use std::borrow::Cow;
 use std::fmt;
 use std::sync::Arc;
 
@@ -130,20 +131,27 @@ impl FallbackKey {
     /// The raw id for `input`, before encoding; `None` when the source is
     /// absent (no such header, too few tokens, the closure found nothing).
     pub fn raw_id(&self, input: &KeyInput<'_>) -> Option<String> {
+        self.raw_id_ref(input).map(Cow::into_owned)
+    }
+
+    /// [`raw_id`](Self::raw_id), borrowed from the message where it can
+    /// be: a key is derived per published message, so the id is not
+    /// copied before it is encoded.
+    fn raw_id_ref<'a>(&self, input: &KeyInput<'a>) -> Option<Cow<'a, str>> {
         match &self.rule {
             Rule::Header(name) => input
                 .headers
                 .and_then(|h| find_header(h, name))
-                .map(|(_, v)| v.to_owned()),
-            Rule::SubjectToken(i) => input.subject.split('.').nth(*i).map(str::to_owned),
-            Rule::Subject => Some(input.subject.to_owned()),
-            Rule::Custom { f, .. } => f(input),
+                .map(|(_, v)| Cow::Borrowed(v)),
+            Rule::SubjectToken(i) => input.subject.split('.').nth(*i).map(Cow::Borrowed),
+            Rule::Subject => Some(Cow::Borrowed(input.subject)),
+            Rule::Custom { f, .. } => f(input).map(Cow::Owned),
         }
     }
 
     /// The encoded KV key for `input`.
     pub fn derive(&self, input: &KeyInput<'_>) -> Result<String, KeyError> {
-        let id = self.raw_id(input).ok_or_else(|| KeyError::Missing {
+        let id = self.raw_id_ref(input).ok_or_else(|| KeyError::Missing {
             rule: self.to_string(),
         })?;
         encode_key(&id)
@@ -208,10 +216,14 @@ pub fn encode_key(id: &str) -> Result<String, KeyError> {
     if id.is_empty() {
         return Err(KeyError::Empty);
     }
+    // Most ids need no escaping: copy those whole.
+    if id.len() <= MAX_ENCODED_KEY_LEN && id.bytes().all(is_key_safe) {
+        return Ok(id.to_owned());
+    }
     const HEX: &[u8; 16] = b"0123456789ABCDEF";
     let mut out = String::with_capacity(id.len());
     for b in id.bytes() {
-        if b.is_ascii_alphanumeric() || b == b'-' || b == b'_' {
+        if is_key_safe(b) {
             out.push(b as char);
         } else {
             out.push('=');
@@ -227,16 +239,13 @@ pub fn encode_key(id: &str) -> Result<String, KeyError> {
     Ok(out)
 }
 
+/// Whether `b` stands for itself in an encoded key.
+fn is_key_safe(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b == b'-' || b == b'_'
+}
+
 fn encoded_len(id: &str) -> usize {
-    id.bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || b == b'-' || b == b'_' {
-                1
-            } else {
-                3
-            }
-        })
-        .sum()
+    id.bytes().map(|b| if is_key_safe(b) { 1 } else { 3 }).sum()
 }
 
 /// Reverses [`encode_key`]; `None` if `key` is not an encoding of any id.

@@ -1,26 +1,33 @@
 use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll};
 
 use bytes::Bytes;
-use futures::future::BoxFuture;
+use futures::future::{BoxFuture, Fuse, FutureExt, IntoFuture, TryFuture, TryFutureExt};
 use opentelemetry::KeyValue;
+use pin_project_lite::pin_project;
 use tower_layer::Layer;
 use tower_service::Service;
 use tracing::Span;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use super::key::KeyInput;
-use super::record::encode;
+use super::record::{encode, CarrierRef};
 use super::{KvFallback, WriteFailure};
 use crate::carrier::find_header;
 use crate::publish::PublishMessage;
-use crate::trace_carrier::TraceCarrier;
 use crate::w3c::{BAGGAGE, TRACEPARENT, TRACESTATE};
-use std::sync::atomic::Ordering;
 
 /// A [`Layer`] that writes each message's trace carrier to the fallback KV
-/// bucket before the message is sent.
+/// bucket along with the message.
+///
+/// The put is sent before the message. With
+/// [`WriteFailure::Required`] the message is sent only once the put is
+/// acked; with [`WriteFailure::BestEffort`] (the default) right after the
+/// put, both acks being awaited together (see [`WriteFailure`]).
 ///
 /// Usually added through
 /// [`TracePropagationLayer::fallback`](crate::TracePropagationLayer::fallback),
@@ -73,7 +80,9 @@ impl<S> Layer<S> for KvFallbackLayer {
 }
 
 /// A publish service wrapped by [`KvFallbackLayer`]: writes the carrier
-/// found in the request headers to KV, then calls the inner service.
+/// found in the request headers to KV and calls the inner service, after
+/// the put's ack ([`WriteFailure::Required`]) or right after sending the
+/// put ([`WriteFailure::BestEffort`]).
 #[derive(Debug, Clone)]
 pub struct KvFallbackService<S> {
     inner: S,
@@ -107,95 +116,261 @@ where
 {
     type Response = S::Response;
     type Error = FallbackError<S::Error>;
-    type Future = BoxFuture<'static, Result<S::Response, Self::Error>>;
+    type Future = KvFallbackFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut TaskContext<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx).map_err(FallbackError::Publish)
     }
 
     fn call(&mut self, request: R) -> Self::Future {
-        let carrier = carrier_of(&request);
+        // Everything read from the request is read now, before it moves
+        // into the inner call: the key, and the record encoded straight
+        // from the header values (no copy of the carrier).
         let key = self.fallback.key.derive(&KeyInput::new(
             request.subject(),
             request.headers(),
             request.payload(),
         ));
+        let record = match &key {
+            Ok(_) => carrier_of(&request).map(encode),
+            Err(_) => None,
+        };
         // The ready service is the one to call; leave a fresh clone behind.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
-        let fallback = Arc::clone(&self.fallback);
-        let span = Span::current();
-        Box::pin(async move {
-            match key {
-                Err(error) => {
-                    // Not a failure (the message may simply have no key), but
-                    // never silent: consumers cannot recover this one.
-                    span.add_event(
-                        "nats_otel.fallback_skipped",
-                        vec![KeyValue::new("reason", error.to_string())],
-                    );
-                    tracing::warn!(
-                        target: "nats_otel",
-                        parent: &span,
-                        "{error}; no KV fallback record written for this message"
-                    );
-                }
-                Ok(key) if carrier.traceparent.is_some() => {
-                    let written = fallback
-                        .store
-                        .put(&key, Bytes::from(encode(&carrier)))
-                        .await;
-                    match written {
-                        Ok(_) => {
-                            fallback.stats.writes.fetch_add(1, Ordering::Relaxed);
-                            fallback.metrics.kv("write", true);
-                        }
-                        Err(error) => {
-                            fallback
-                                .stats
-                                .write_failures
-                                .fetch_add(1, Ordering::Relaxed);
-                            fallback.metrics.kv("write", false);
-                            let error = KvWriteError {
-                                bucket: fallback.store.name.clone(),
-                                key,
-                                message: error.to_string(),
-                            };
-                            if fallback.on_write_failure == WriteFailure::Required {
-                                return Err(FallbackError::KvWrite(error));
-                            }
-                            span.add_event(
-                                "nats_otel.fallback_write_failed",
-                                vec![KeyValue::new("error", error.to_string())],
-                            );
-                            tracing::warn!(
-                                target: "nats_otel",
-                                parent: &span,
-                                "{error}; publishing anyway (best effort)"
-                            );
-                        }
-                    }
-                }
-                // Nothing to recover later: no trace context was injected.
-                Ok(_) => {}
+        // Events go to the span current now and while the future is polled:
+        // the PRODUCER span, which the propagation layer enters around both.
+        let (key, record) = match (key, record) {
+            (Err(error), _) => {
+                // Not a failure (the message may simply have no key), but
+                // never silent: consumers cannot recover this one.
+                let span = Span::current();
+                span.add_event(
+                    "nats_otel.fallback_skipped",
+                    vec![KeyValue::new("reason", error.to_string())],
+                );
+                tracing::warn!(
+                    target: "nats_otel",
+                    parent: &span,
+                    "{error}; no KV fallback record written for this message"
+                );
+                return KvFallbackFuture::publish(inner.call(request));
             }
-            inner.call(request).await.map_err(FallbackError::Publish)
-        })
+            // Nothing to recover later: no trace context was injected.
+            (Ok(_), None) => return KvFallbackFuture::publish(inner.call(request)),
+            (Ok(key), Some(Err(error))) => {
+                let error = write_failed(&self.fallback, key, error.to_string());
+                if self.fallback.on_write_failure == WriteFailure::Required {
+                    return KvFallbackFuture::failed(error);
+                }
+                best_effort_failure(&error);
+                return KvFallbackFuture::publish(inner.call(request));
+            }
+            (Ok(key), Some(Ok(record))) => (key, Bytes::from(record)),
+        };
+        let fallback = Arc::clone(&self.fallback);
+        match fallback.on_write_failure {
+            // Nothing may be sent unless the record is stored: the publish
+            // starts only once the put is acked.
+            WriteFailure::Required => KvFallbackFuture::serial(Box::pin(async move {
+                let written = fallback.store.put(key.as_str(), record).await;
+                settle(&fallback, key, written).map_err(FallbackError::KvWrite)?;
+                inner.call(request).await.map_err(FallbackError::Publish)
+            })),
+            // The put's outcome cannot stop the publish, so the publish
+            // does not wait for its ack: the future sends the put, then the
+            // message, and completes once both are acked; one round trip
+            // instead of two.
+            WriteFailure::BestEffort => {
+                let put = Box::pin(async move {
+                    let written = fallback.store.put(key.as_str(), record).await;
+                    settle(&fallback, key, written)
+                });
+                KvFallbackFuture::concurrent(put, inner.call(request))
+            }
+        }
     }
 }
 
-fn carrier_of<R: PublishMessage>(request: &R) -> TraceCarrier {
-    let field = |name| {
-        request
-            .headers()
-            .and_then(|h| find_header(h, name))
-            .map(|(_, v)| v.to_owned())
-    };
-    TraceCarrier {
-        traceparent: field(TRACEPARENT),
+type PutFuture = BoxFuture<'static, Result<(), KvWriteError>>;
+
+pin_project! {
+    /// Response future of [`KvFallbackService`].
+    ///
+    /// With [`WriteFailure::BestEffort`], it polls the KV put before the
+    /// inner service's future, so the put is sent first, and completes once
+    /// both have; a failed put is recorded then. It is [`Send`] when the
+    /// inner service's future and its output are.
+    pub struct KvFallbackFuture<F: TryFuture> {
+        #[pin]
+        state: State<F>,
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    enum State<F: TryFuture> {
+        // No record to write: the inner future alone.
+        Publish { #[pin] publish: F },
+        // The put, then the publish (or the put's failure): one future.
+        Serial { future: BoxFuture<'static, Result<F::Ok, FallbackError<F::Error>>> },
+        // A failed required write, returned on the first poll.
+        Failed { error: Option<KvWriteError> },
+        // The put and the publish together; each output kept until both
+        // are done.
+        Concurrent {
+            put: Option<PutFuture>,
+            #[pin]
+            publish: Fuse<IntoFuture<F>>,
+            published: Option<Result<F::Ok, F::Error>>,
+        },
+    }
+}
+
+impl<F: TryFuture> KvFallbackFuture<F> {
+    fn publish(publish: F) -> Self {
+        Self {
+            state: State::Publish { publish },
+        }
+    }
+
+    fn serial(future: BoxFuture<'static, Result<F::Ok, FallbackError<F::Error>>>) -> Self {
+        Self {
+            state: State::Serial { future },
+        }
+    }
+
+    fn failed(error: KvWriteError) -> Self {
+        Self {
+            state: State::Failed { error: Some(error) },
+        }
+    }
+
+    fn concurrent(put: PutFuture, publish: F) -> Self {
+        Self {
+            state: State::Concurrent {
+                put: Some(put),
+                publish: publish.into_future().fuse(),
+                published: None,
+            },
+        }
+    }
+}
+
+impl<F: TryFuture> fmt::Debug for KvFallbackFuture<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let state = match &self.state {
+            State::Publish { .. } => "publish",
+            State::Serial { .. } => "put, then publish",
+            State::Failed { .. } => "failed",
+            State::Concurrent { .. } => "put and publish",
+        };
+        f.debug_struct("KvFallbackFuture")
+            .field("state", &state)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<F: TryFuture> Future for KvFallbackFuture<F> {
+    type Output = Result<F::Ok, FallbackError<F::Error>>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
+        match self.project().state.project() {
+            StateProj::Publish { publish } => publish.try_poll(cx).map_err(FallbackError::Publish),
+            StateProj::Serial { future } => future.as_mut().poll(cx),
+            StateProj::Failed { error } => match error.take() {
+                Some(error) => Poll::Ready(Err(FallbackError::KvWrite(error))),
+                // Polled after completion.
+                None => Poll::Pending,
+            },
+            StateProj::Concurrent {
+                put,
+                publish,
+                published,
+            } => {
+                // The put first: its first poll sends it, ahead of the
+                // message.
+                if let Some(future) = put {
+                    if let Poll::Ready(written) = future.as_mut().poll(cx) {
+                        *put = None;
+                        if let Err(error) = written {
+                            best_effort_failure(&error);
+                        }
+                    }
+                }
+                if published.is_none() {
+                    if let Poll::Ready(output) = publish.poll(cx) {
+                        *published = Some(output);
+                    }
+                }
+                if put.is_some() {
+                    return Poll::Pending;
+                }
+                match published.take() {
+                    Some(output) => Poll::Ready(output.map_err(FallbackError::Publish)),
+                    // Still publishing, or polled after completion (the
+                    // fused publish stays pending).
+                    None => Poll::Pending,
+                }
+            }
+        }
+    }
+}
+
+/// Counts the outcome of a put; a failure becomes a [`KvWriteError`].
+fn settle<T, E: fmt::Display>(
+    fallback: &KvFallback,
+    key: String,
+    written: Result<T, E>,
+) -> Result<(), KvWriteError> {
+    match written {
+        Ok(_) => {
+            fallback.stats.writes.fetch_add(1, Ordering::Relaxed);
+            fallback.metrics.kv("write", true);
+            Ok(())
+        }
+        Err(error) => Err(write_failed(fallback, key, error.to_string())),
+    }
+}
+
+/// Counts a failed write and describes it.
+fn write_failed(fallback: &KvFallback, key: String, message: String) -> KvWriteError {
+    fallback
+        .stats
+        .write_failures
+        .fetch_add(1, Ordering::Relaxed);
+    fallback.metrics.kv("write", false);
+    KvWriteError {
+        bucket: fallback.store.name.clone(),
+        key,
+        message,
+    }
+}
+
+/// Records a failed best-effort write on the PRODUCER span and as a WARN.
+fn best_effort_failure(error: &KvWriteError) {
+    let span = Span::current();
+    span.add_event(
+        "nats_otel.fallback_write_failed",
+        vec![KeyValue::new("error", error.to_string())],
+    );
+    tracing::warn!(
+        target: "nats_otel",
+        parent: &span,
+        "{error}; published anyway (best effort)"
+    );
+}
+
+/// The carrier in the request headers, borrowed; `None` without a
+/// `traceparent`. An empty `tracestate` is left out.
+fn carrier_of<R: PublishMessage>(request: &R) -> Option<CarrierRef<'_>> {
+    let headers = request.headers()?;
+    let field = |name| find_header(headers, name).map(|(_, v)| v);
+    Some(CarrierRef {
+        traceparent: field(TRACEPARENT)?,
         tracestate: field(TRACESTATE).filter(|s| !s.is_empty()),
         baggage: field(BAGGAGE),
-    }
+    })
 }
 
 /// The error of a publish service with the KV fallback.
@@ -267,3 +442,98 @@ impl fmt::Display for KvWriteError {
 }
 
 impl std::error::Error for KvWriteError {}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+    use std::task::Waker;
+
+    use super::*;
+
+    /// A future that logs `name` when polled and is ready from poll
+    /// `ready_at` on (1-based).
+    fn step<T: Send + 'static>(
+        log: &Arc<Mutex<Vec<&'static str>>>,
+        name: &'static str,
+        ready_at: usize,
+        output: T,
+    ) -> BoxFuture<'static, T> {
+        let log = Arc::clone(log);
+        let mut output = Some(output);
+        let mut polls = 0;
+        Box::pin(std::future::poll_fn(move |_| {
+            polls += 1;
+            log.lock().map(|mut l| l.push(name)).ok();
+            match output.take() {
+                Some(out) if polls >= ready_at => Poll::Ready(out),
+                out => {
+                    output = out;
+                    Poll::Pending
+                }
+            }
+        }))
+    }
+
+    fn poll_once<F: Future + Unpin>(future: &mut F) -> Poll<F::Output> {
+        Pin::new(future).poll(&mut TaskContext::from_waker(Waker::noop()))
+    }
+
+    fn send<T: Send>(_: &T) {}
+
+    #[test]
+    fn best_effort_sends_the_put_first_and_waits_for_both() {
+        let log = Arc::new(Mutex::new(Vec::new()));
+        // The publish is done at once, the put on its second poll.
+        let mut future = KvFallbackFuture::concurrent(
+            step(&log, "put", 2, Ok(())),
+            step(&log, "publish", 1, Ok::<_, String>(7)),
+        );
+        send(&future);
+        assert!(poll_once(&mut future).is_pending());
+        assert_eq!(*log.lock().unwrap(), ["put", "publish"]);
+        assert!(matches!(poll_once(&mut future), Poll::Ready(Ok(7))));
+        // Not polled again once done, and never ready twice.
+        assert!(poll_once(&mut future).is_pending());
+        assert_eq!(*log.lock().unwrap(), ["put", "publish", "put"]);
+    }
+
+    #[test]
+    fn best_effort_put_failure_does_not_fail_the_publish() {
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let failed = KvWriteError {
+            bucket: "b".into(),
+            key: "k".into(),
+            message: "no stream".into(),
+        };
+        let mut future = KvFallbackFuture::concurrent(
+            step(&log, "put", 1, Err(failed)),
+            step(
+                &log,
+                "publish",
+                2,
+                Err::<u8, _>("publish failed".to_owned()),
+            ),
+        );
+        assert!(poll_once(&mut future).is_pending());
+        match poll_once(&mut future) {
+            Poll::Ready(Err(FallbackError::Publish(e))) => assert_eq!(e, "publish failed"),
+            other => panic!("expected the publish error, got {other:?}"),
+        }
+        assert_eq!(*log.lock().unwrap(), ["put", "publish", "publish"]);
+    }
+
+    #[test]
+    fn a_failed_required_write_is_returned_once() {
+        let error = KvWriteError {
+            bucket: "b".into(),
+            key: "k".into(),
+            message: "no stream".into(),
+        };
+        let mut future = KvFallbackFuture::<BoxFuture<'static, Result<(), String>>>::failed(error);
+        assert!(matches!(
+            poll_once(&mut future),
+            Poll::Ready(Err(FallbackError::KvWrite(e))) if e.key() == "k"
+        ));
+        assert!(poll_once(&mut future).is_pending());
+    }
+}

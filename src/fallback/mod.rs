@@ -8,15 +8,24 @@
 //! - **publish:** [`TracePropagationLayer::fallback`](crate::TracePropagationLayer::fallback)
 //!   writes the carrier (`traceparent`, `tracestate`, `baggage`) as a small
 //!   versioned JSON document to a KV bucket under a key derived from the
-//!   message ([`FallbackKey`]), *before* the message is sent, so a consumer
-//!   can never see the message before its record;
+//!   message ([`FallbackKey`]). With [`WriteFailure::Required`] the record
+//!   is stored (its put acked) *before* the message is sent, so a consumer
+//!   can never see the message before its record. With
+//!   [`WriteFailure::BestEffort`] (the default) the put is sent first and
+//!   the message right after it, without waiting for the put's ack; the
+//!   publish completes when both are acked. The record is normally stored
+//!   first, but the bucket and the message's stream are stored
+//!   independently, so this is not guaranteed;
 //! - **consume:** when the headers give no valid context, the consumer
 //!   adapter looks the key up (bounded by a timeout) and, if found, the
 //!   context's source is [`Kv`](crate::ContextSource::Kv). With intact
 //!   headers, KV is never read.
 //!
-//! Cost: one extra JetStream write (a KV put, acked) per published message;
-//! one KV read per message that arrives without usable headers. Failure
+//! Cost: one extra JetStream write (a KV put, acked) per published message,
+//! in the same round trip as the publish's own ack with
+//! [`WriteFailure::BestEffort`], in the round trip before it with
+//! [`WriteFailure::Required`]; one KV read per message that arrives without
+//! usable headers. Failure
 //! modes: a failed write is recorded on the PRODUCER span and logged
 //! ([`WriteFailure::BestEffort`], the default) or fails the publish before
 //! anything is sent ([`WriteFailure::Required`]); a failed or slow lookup
@@ -38,7 +47,9 @@ use async_nats::jetstream::{self, kv};
 use crate::metrics::Metrics;
 
 pub use key::{decode_key, encode_key, FallbackKey, KeyError, KeyInput, MAX_ENCODED_KEY_LEN};
-pub use layer::{FallbackError, KvFallbackLayer, KvFallbackService, KvWriteError};
+pub use layer::{
+    FallbackError, KvFallbackFuture, KvFallbackLayer, KvFallbackService, KvWriteError,
+};
 pub(crate) use lookup::lookup;
 pub use record::{decode_record, RecordError};
 
@@ -54,10 +65,19 @@ pub const DEFAULT_LOOKUP_TIMEOUT: Duration = Duration::from_millis(250);
 pub enum WriteFailure {
     /// The publish proceeds; the failure is recorded as an event on the
     /// PRODUCER span and a WARN. The default.
+    ///
+    /// Since the put's outcome cannot stop the publish, the message is sent
+    /// right after the put, without waiting for the put's ack: the publish
+    /// completes once both are acked. The record is not guaranteed to be
+    /// stored before the message.
     #[default]
     BestEffort,
     /// The publish fails with [`FallbackError::KvWrite`] before anything is
     /// sent.
+    ///
+    /// The message is sent only once the put is acked, so the record is
+    /// always stored before the message; a publish takes one more round
+    /// trip than with [`BestEffort`](Self::BestEffort).
     Required,
 }
 

@@ -13,20 +13,58 @@ pub(crate) const RECORD_VERSION: u32 = 1;
 /// smaller).
 const MAX_RECORD_LEN: usize = 64 * 1024;
 
-#[derive(Serialize, Deserialize)]
+#[derive(Deserialize)]
 struct Record {
     v: u32,
     #[serde(flatten)]
     carrier: TraceCarrier,
 }
 
+/// The carrier fields of a record to write, borrowed from the message's
+/// headers: encoding copies nothing but the output.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct CarrierRef<'a> {
+    /// The W3C `traceparent` value.
+    pub(crate) traceparent: &'a str,
+    /// The W3C `tracestate` value, if not empty.
+    pub(crate) tracestate: Option<&'a str>,
+    /// The W3C `baggage` value.
+    pub(crate) baggage: Option<&'a str>,
+}
+
+/// The record as written: the same document [`Record`] reads, with the
+/// fields spelled out (a flattened struct serializes as a slower map).
+#[derive(Serialize)]
+struct RecordRef<'a> {
+    v: u32,
+    traceparent: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tracestate: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    baggage: Option<&'a str>,
+}
+
 /// Encodes `carrier` as `{"v":1,"traceparent":…,"tracestate":…,"baggage":…}`.
-pub(crate) fn encode(carrier: &TraceCarrier) -> Vec<u8> {
-    serde_json::to_vec(&Record {
-        v: RECORD_VERSION,
-        carrier: carrier.clone(),
-    })
-    .expect("a struct of strings serializes")
+///
+/// A document of strings always serializes; the error is only passed on,
+/// never expected.
+pub(crate) fn encode(carrier: CarrierRef<'_>) -> Result<Vec<u8>, serde_json::Error> {
+    // Room for the field names, quotes and separators around the values.
+    let len = 64
+        + carrier.traceparent.len()
+        + carrier.tracestate.map_or(0, str::len)
+        + carrier.baggage.map_or(0, str::len);
+    let mut out = Vec::with_capacity(len);
+    serde_json::to_writer(
+        &mut out,
+        &RecordRef {
+            v: RECORD_VERSION,
+            traceparent: carrier.traceparent,
+            tracestate: carrier.tracestate,
+            baggage: carrier.baggage,
+        },
+    )?;
+    Ok(out)
 }
 
 /// Why a KV record could not be read.
@@ -78,12 +116,34 @@ mod tests {
 
     #[test]
     fn round_trip_and_rejects() {
+        let traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+        let written = CarrierRef {
+            traceparent,
+            tracestate: None,
+            baggage: Some("k=v"),
+        };
         let carrier = TraceCarrier {
-            traceparent: Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into()),
+            traceparent: Some(traceparent.into()),
             tracestate: None,
             baggage: Some("k=v".into()),
         };
-        assert_eq!(decode_record(&encode(&carrier)).unwrap(), carrier);
+        let bytes = encode(written).unwrap();
+        assert_eq!(
+            std::str::from_utf8(&bytes).unwrap(),
+            format!(r#"{{"v":1,"traceparent":"{traceparent}","baggage":"k=v"}}"#)
+        );
+        assert_eq!(decode_record(&bytes).unwrap(), carrier);
+        let full = CarrierRef {
+            tracestate: Some("a=b"),
+            ..written
+        };
+        assert_eq!(
+            decode_record(&encode(full).unwrap())
+                .unwrap()
+                .tracestate
+                .as_deref(),
+            Some("a=b")
+        );
         assert!(matches!(
             decode_record(b"nope"),
             Err(RecordError::NotJson(_))
