@@ -15,11 +15,12 @@
 //! |---|---|---|
 //! | `NATS_OTEL_BENCH_ROUNDS` | 5 | rounds per pair |
 //! | `NATS_OTEL_BENCH_MESSAGES` | 100000 | core publish and consume, per run |
-//! | `NATS_OTEL_BENCH_JS_MESSAGES` | 20000 | JetStream publish, per run |
+//! | `NATS_OTEL_BENCH_JS_MESSAGES` | 50000 | JetStream publish, per run |
 //! | `NATS_OTEL_BENCH_KV_MESSAGES` | 5000 | KV write-through, per run |
 //! | `NATS_OTEL_BENCH_WINDOW` | 256 | JetStream acks in flight (KV: a quarter of it) |
 //! | `NATS_OTEL_BENCH_RSS_MESSAGES` | 1000000 | messages consumed for the RSS check |
 //! | `NATS_OTEL_BENCH_PAYLOAD` | 128 | payload bytes |
+//! | `NATS_OTEL_BENCH_STORAGE` | `file` | storage of the benchmark's streams, `file` (JetStream's default, as the KV bucket) or `memory` |
 //! | `NATS_OTEL_BENCH_ONLY` | (all) | comma-separated subset: `core`, `core_sampled`, `core_tracer`, `core_tracer_sampled`, `core_nospans`, `js`, `js_tracer`, `consume`, `consume_tracer`, `kv`, `rss` |
 //!
 //! Under `cargo test --benches` (no `--bench` argument) it does nothing.
@@ -69,6 +70,7 @@ struct Settings {
     window: usize,
     rss_messages: usize,
     payload: usize,
+    storage: stream::StorageType,
 }
 
 fn env(name: &str, default: usize) -> usize {
@@ -85,11 +87,16 @@ impl Settings {
         Self {
             rounds: env("NATS_OTEL_BENCH_ROUNDS", 5).max(1),
             messages: env("NATS_OTEL_BENCH_MESSAGES", 100_000).max(1),
-            js_messages: env("NATS_OTEL_BENCH_JS_MESSAGES", 20_000).max(1),
+            js_messages: env("NATS_OTEL_BENCH_JS_MESSAGES", 50_000).max(1),
             kv_messages: env("NATS_OTEL_BENCH_KV_MESSAGES", 5_000).max(1),
             window: env("NATS_OTEL_BENCH_WINDOW", 256).max(1),
             rss_messages: env("NATS_OTEL_BENCH_RSS_MESSAGES", 1_000_000),
             payload: env("NATS_OTEL_BENCH_PAYLOAD", 128),
+            storage: match std::env::var("NATS_OTEL_BENCH_STORAGE").as_deref() {
+                Ok("memory") => stream::StorageType::Memory,
+                Ok("file") | Err(_) => stream::StorageType::File,
+                Ok(other) => panic!("NATS_OTEL_BENCH_STORAGE={other:?}: use file or memory"),
+            },
         }
     }
 }
@@ -719,7 +726,7 @@ fn main() -> Result<()> {
         .wait_healthy(true)
         .start();
     eprintln!(
-        "nats-server {} at {}; rounds {}, messages {}, JetStream {}, KV {}, window {}, payload {} B",
+        "nats-server {} at {}; rounds {}, messages {}, JetStream {}, KV {}, window {}, payload {} B, streams on {:?}",
         server.version(),
         server.url(),
         s.rounds,
@@ -727,7 +734,8 @@ fn main() -> Result<()> {
         s.js_messages,
         s.kv_messages,
         s.window,
-        s.payload
+        s.payload,
+        s.storage
     );
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -750,7 +758,7 @@ fn main() -> Result<()> {
             js.create_stream(stream::Config {
                 name: name.into(),
                 subjects: vec![subject.into()],
-                storage: stream::StorageType::Memory,
+                storage: s.storage,
                 max_messages: 200_000,
                 ..Default::default()
             })
