@@ -10,17 +10,15 @@ use tracing::Span;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 /// The PRODUCER span of one publish, however it was made.
-// The SDK span is the variant that matters for speed; boxing it would cost an
-// allocation per message to save a few moves.
-#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub(crate) enum ProducerSpan {
     /// No span: producer spans are off, or the subject is skipped.
     None,
     /// A `tracing` span (the default).
     Tracing(Span),
-    /// A span made with the SDK's tracer.
-    Sdk(opentelemetry_sdk::trace::Span),
+    /// A span made with the SDK's tracer; boxed, so that the response
+    /// future stays small (it is moved on every poll and await).
+    Sdk(Box<opentelemetry_sdk::trace::Span>),
     /// A span made with any other OpenTelemetry tracer.
     Boxed(BoxedSpan),
 }
@@ -55,7 +53,7 @@ impl ProducerSpan {
         match self {
             Self::None => {}
             Self::Tracing(span) => record_error(span, error),
-            Self::Sdk(span) => otel(span, error),
+            Self::Sdk(span) => otel(span.as_mut(), error),
             Self::Boxed(span) => otel(span, error),
         }
     }

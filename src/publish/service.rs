@@ -112,7 +112,7 @@ where
             (SpanTracer::Sdk(tracer), false) => {
                 let parent = explicit.unwrap_or_else(caller_context);
                 let span = otel_producer_span(tracer, &request, layer, &parent);
-                (ProducerSpan::Sdk(span), parent)
+                (ProducerSpan::Sdk(Box::new(span)), parent)
             }
             (SpanTracer::Boxed(tracer), false) => {
                 let parent = explicit.unwrap_or_else(caller_context);
