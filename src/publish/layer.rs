@@ -162,7 +162,8 @@ impl TracePropagationLayer {
     /// request's explicit context, else the current OpenTelemetry context,
     /// which tracing-opentelemetry keeps in step with the entered `tracing`
     /// span. The spans no longer appear in `tracing` output (logs), only in
-    /// the traces.
+    /// the traces, and what the KV fallback records about a failed
+    /// best-effort write (an event and a WARN) goes to the caller's span.
     ///
     /// Pass the tracer of the provider your tracing-opentelemetry layer
     /// uses, or `opentelemetry::global::tracer("nats-otel")` when that
