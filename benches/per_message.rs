@@ -27,54 +27,21 @@ use async_nats::HeaderMap;
 use criterion::{criterion_group, criterion_main, Criterion};
 use futures::FutureExt;
 use nats_otel::{ContextExtractor, MessageMeta, Publish, TracePropagationLayer};
-use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
+use opentelemetry::propagation::TextMapPropagator;
 use opentelemetry::trace::{
-    SpanBuilder, SpanContext, SpanId, SpanKind, TraceContextExt, TraceFlags, TraceId, TraceState,
-    Tracer, TracerProvider as _,
+    SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState, TracerProvider as _,
 };
-use opentelemetry::{Context, KeyValue};
-use opentelemetry_sdk::error::OTelSdkResult;
+use opentelemetry::Context;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
-use opentelemetry_sdk::trace::{
-    BatchSpanProcessor, Sampler, SdkTracer, SdkTracerProvider, SpanData, SpanExporter,
-};
 use tower::{Layer, Service};
 use tracing::Dispatch;
-use tracing_opentelemetry::OpenTelemetrySpanExt;
-use tracing_subscriber::layer::SubscriberExt;
+
+#[path = "support/sdk.rs"]
+mod sdk;
+
+use sdk::{dispatch, hand_written_tracer_span, hand_written_tracing_span, provider, PlainInjector};
 
 const TRACEPARENT: &str = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
-
-#[derive(Debug)]
-struct NoopExporter;
-
-impl SpanExporter for NoopExporter {
-    async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
-        drop(batch);
-        Ok(())
-    }
-}
-
-fn provider(sampled: bool) -> SdkTracerProvider {
-    if sampled {
-        SdkTracerProvider::builder()
-            .with_sampler(Sampler::AlwaysOn)
-            .with_span_processor(BatchSpanProcessor::builder(NoopExporter).build())
-            .build()
-    } else {
-        SdkTracerProvider::builder()
-            .with_sampler(Sampler::AlwaysOff)
-            .build()
-    }
-}
-
-fn dispatch(provider: &SdkTracerProvider) -> Dispatch {
-    Dispatch::new(
-        tracing_subscriber::registry()
-            .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("bench")))
-            .with(tracing_subscriber::filter::LevelFilter::INFO),
-    )
-}
 
 /// A publish service that does nothing: what is left is the layer.
 #[derive(Clone)]
@@ -91,26 +58,6 @@ impl Service<Publish> for Discard {
 
     fn call(&mut self, publish: Publish) -> Self::Future {
         ready(Ok(publish.header_map().map_or(0, |h| h.iter().count())))
-    }
-}
-
-struct PlainInjector<'a>(&'a mut HeaderMap);
-
-impl Injector for PlainInjector<'_> {
-    fn set(&mut self, key: &str, value: String) {
-        self.0.insert(key, value.as_str());
-    }
-}
-
-struct PlainExtractor<'a>(&'a HeaderMap);
-
-impl Extractor for PlainExtractor<'_> {
-    fn get(&self, key: &str) -> Option<&str> {
-        self.0.get(key).map(|v| v.as_str())
-    }
-
-    fn keys(&self) -> Vec<&str> {
-        self.0.iter().map(|(k, _)| k.as_ref()).collect()
     }
 }
 
@@ -183,20 +130,6 @@ fn message() -> async_nats::Message {
     }
 }
 
-/// The hand-written CONSUMER span with a tracer.
-fn tracer_span(tracer: &SdkTracer, message: &async_nats::Message, parent: Context) -> Context {
-    let span = tracer.build_with_context(
-        SpanBuilder::from_name(format!("process {}", message.subject))
-            .with_kind(SpanKind::Consumer)
-            .with_attributes([
-                KeyValue::new("messaging.system", "nats"),
-                KeyValue::new("messaging.destination.name", message.subject.to_string()),
-            ]),
-        &parent,
-    );
-    parent.with_span(span)
-}
-
 fn consume(c: &mut Criterion) {
     let (unsampled, sampled) = (provider(false), provider(true));
     let message = message();
@@ -216,25 +149,13 @@ fn consume(c: &mut Criterion) {
         g.bench_function(format!("hand_written_tracing_span_{name}"), |b| {
             b.iter(|| {
                 tracing::dispatcher::with_default(&d, || {
-                    let remote = sdk.extract(&PlainExtractor(message.headers.as_ref().unwrap()));
-                    let span = tracing::info_span!(
-                        "process",
-                        otel.name = format!("process {}", message.subject),
-                        otel.kind = "consumer",
-                        messaging.system = "nats",
-                        messaging.destination.name = message.subject.as_str(),
-                    );
-                    let _ = span.set_parent(remote);
-                    black_box(span.context())
+                    black_box(hand_written_tracing_span(&sdk, &message))
                 })
             })
         });
         let tracer = provider.tracer("hand-written");
         g.bench_function(format!("hand_written_tracer_{name}"), |b| {
-            b.iter(|| {
-                let remote = sdk.extract(&PlainExtractor(message.headers.as_ref().unwrap()));
-                black_box(tracer_span(&tracer, &message, remote))
-            })
+            b.iter(|| black_box(hand_written_tracer_span(&sdk, &tracer, &message)))
         });
     }
     g.finish();

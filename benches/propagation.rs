@@ -23,34 +23,17 @@ use async_nats::HeaderMap;
 use criterion::{criterion_group, Criterion};
 use nats_otel::{HeaderExtractor, HeaderInjector};
 use opentelemetry::baggage::BaggageExt;
-use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
+use opentelemetry::propagation::{Extractor, TextMapPropagator};
 use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState};
 use opentelemetry::{Context, KeyValue};
 use opentelemetry_sdk::propagation::{BaggagePropagator, TraceContextPropagator};
 
+#[path = "support/sdk.rs"]
+mod sdk;
+
+use sdk::{PlainExtractor, PlainInjector};
+
 const TRACEPARENT: &str = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
-
-/// The hand-written injector: `HeaderMap::insert` with the SDK's strings.
-struct PlainInjector<'a>(&'a mut HeaderMap);
-
-impl Injector for PlainInjector<'_> {
-    fn set(&mut self, key: &str, value: String) {
-        self.0.insert(key, value);
-    }
-}
-
-/// The hand-written extractor: exact-match `HeaderMap::get`.
-struct PlainExtractor<'a>(&'a HeaderMap);
-
-impl Extractor for PlainExtractor<'_> {
-    fn get(&self, key: &str) -> Option<&str> {
-        self.0.get(key).map(|v| v.as_str())
-    }
-
-    fn keys(&self) -> Vec<&str> {
-        self.0.iter().map(|(k, _)| k.as_ref()).collect()
-    }
-}
 
 /// The hand-written extractor for Go peers: exact name, then Go's casing.
 struct GoAwareExtractor<'a>(&'a HeaderMap);
@@ -171,7 +154,7 @@ fn extract(c: &mut Criterion) {
         });
         if name == "traceparent" {
             g.bench_function("sdk", |b| {
-                b.iter(|| sdk.extract(&PlainExtractor(black_box(&headers))))
+                b.iter(|| sdk.extract(&PlainExtractor(Some(black_box(&headers)))))
             });
         } else {
             g.bench_function("sdk", |b| {
@@ -191,7 +174,7 @@ fn extract(c: &mut Criterion) {
     });
     g.bench_function("sdk", |b| {
         b.iter(|| {
-            let carrier = PlainExtractor(black_box(&headers));
+            let carrier = PlainExtractor(Some(black_box(&headers)));
             let cx = sdk.extract(&carrier);
             baggage.extract_with_context(&cx, &carrier)
         })

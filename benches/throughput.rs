@@ -25,6 +25,8 @@
 //!
 //! Under `cargo test --benches` (no `--bench` argument) it does nothing.
 
+#[path = "support/sdk.rs"]
+mod sdk;
 #[path = "../tests/support/server.rs"]
 mod server;
 
@@ -41,20 +43,11 @@ use nats_otel::{
     ContextSource, CorePublisher, FallbackKey, JetStreamPublisher, JetStreamSender, KvFallback,
     MessageContextExt, Publish, TraceContextStreamExt, TracePropagationLayer,
 };
-use opentelemetry::propagation::{Extractor, TextMapPropagator};
-use opentelemetry::trace::{
-    SpanBuilder, SpanKind, TraceContextExt, Tracer as _, TracerProvider as _,
-};
-use opentelemetry::KeyValue;
-use opentelemetry_sdk::error::OTelSdkResult;
+use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
-use opentelemetry_sdk::trace::{
-    BatchSpanProcessor, Sampler, SdkTracer, SdkTracerProvider, SpanData, SpanExporter,
-};
+use opentelemetry_sdk::trace::{SdkTracer, SdkTracerProvider};
 use tower::{Layer, Service, ServiceExt};
 use tracing::Dispatch;
-use tracing_opentelemetry::OpenTelemetrySpanExt;
-use tracing_subscriber::layer::SubscriberExt;
 
 type Error = Box<dyn std::error::Error + Send + Sync>;
 type Result<T, E = Error> = std::result::Result<T, E>;
@@ -101,34 +94,11 @@ impl Settings {
     }
 }
 
-/// Drops every span.
-#[derive(Debug)]
-struct NoopExporter;
-
-impl SpanExporter for NoopExporter {
-    async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
-        drop(batch);
-        Ok(())
-    }
-}
-
 /// A tracing dispatch with an OpenTelemetry layer: spans unsampled, or all
 /// sampled into a batch processor with a no-op exporter.
 fn dispatch(sampled: bool) -> (Dispatch, SdkTracerProvider) {
-    let provider = if sampled {
-        SdkTracerProvider::builder()
-            .with_sampler(Sampler::AlwaysOn)
-            .with_span_processor(BatchSpanProcessor::builder(NoopExporter).build())
-            .build()
-    } else {
-        SdkTracerProvider::builder()
-            .with_sampler(Sampler::AlwaysOff)
-            .build()
-    };
-    let subscriber = tracing_subscriber::registry()
-        .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("nats-otel-bench")))
-        .with(tracing_subscriber::filter::LevelFilter::INFO);
-    (Dispatch::new(subscriber), provider)
+    let provider = sdk::provider(sampled);
+    (sdk::dispatch(&provider), provider)
 }
 
 fn raw_headers(extra: Option<(&str, &str)>) -> HeaderMap {
@@ -357,21 +327,6 @@ async fn jetstream_publish(
     .await
 }
 
-/// The hand-written extractor: exact-match `HeaderMap::get`.
-struct PlainExtractor<'a>(Option<&'a HeaderMap>);
-
-impl Extractor for PlainExtractor<'_> {
-    fn get(&self, key: &str) -> Option<&str> {
-        self.0?.get(key).map(|v| v.as_str())
-    }
-
-    fn keys(&self) -> Vec<&str> {
-        self.0
-            .map(|h| h.iter().map(|(k, _)| k.as_ref()).collect())
-            .unwrap_or_default()
-    }
-}
-
 /// A server round trip between two connections.
 ///
 /// `Client::flush` only writes the client's buffer to the socket; it does
@@ -502,33 +457,13 @@ async fn consume(
                     // The hand-written way: extract with the SDK, start a
                     // CONSUMER span under the remote parent, made the same
                     // way as ours (a `tracing` span, or with the tracer).
-                    let remote = propagator.extract(&PlainExtractor(message.headers.as_ref()));
                     match &tracer {
                         None => {
-                            let span = tracing::info_span!(
-                                "process",
-                                otel.name = format!("process {}", message.subject),
-                                otel.kind = "consumer",
-                                messaging.system = "nats",
-                                messaging.destination.name = message.subject.as_str(),
-                            );
-                            let _ = span.set_parent(remote);
+                            let span = sdk::hand_written_tracing_span(&propagator, &message);
                             std::hint::black_box((&message, &span));
                         }
                         Some(tracer) => {
-                            let span = tracer.build_with_context(
-                                SpanBuilder::from_name(format!("process {}", message.subject))
-                                    .with_kind(SpanKind::Consumer)
-                                    .with_attributes([
-                                        KeyValue::new("messaging.system", "nats"),
-                                        KeyValue::new(
-                                            "messaging.destination.name",
-                                            message.subject.to_string(),
-                                        ),
-                                    ]),
-                                &remote,
-                            );
-                            let cx = remote.with_span(span);
+                            let cx = sdk::hand_written_tracer_span(&propagator, tracer, &message);
                             std::hint::black_box((&message, &cx));
                         }
                     }
@@ -771,136 +706,81 @@ fn main() -> Result<()> {
     let only = std::env::var("NATS_OTEL_BENCH_ONLY").unwrap_or_default();
     let run = |key: &str| only.is_empty() || only.split(',').any(|k| k.trim() == key);
     let mut rows = Vec::new();
-    if run("core") {
-        rows.push(with_dispatch(
+    let tracer = || Some(unsampled_provider.tracer("nats-otel"));
+    let core_rows = [
+        (
+            "core",
             &unsampled,
-            &rt,
-            core_publish(
-                &publisher,
-                &barrier,
-                &s,
-                &payload,
-                Producer::Spans,
-                "core publish (spans unsampled)",
-                ">= 0.95",
-            ),
-        )?);
-    }
-    if run("core_sampled") {
-        rows.push(with_dispatch(
+            Producer::Spans,
+            "core publish (spans unsampled)",
+            ">= 0.95",
+        ),
+        (
+            "core_sampled",
             &sampled,
-            &rt,
-            core_publish(
-                &publisher,
-                &barrier,
-                &s,
-                &payload,
-                Producer::Spans,
-                "core publish (spans sampled, batch exporter to a no-op exporter)",
-                ">= 0.80",
-            ),
-        )?);
-    }
-    if run("core_tracer") {
-        rows.push(with_dispatch(
+            Producer::Spans,
+            "core publish (spans sampled, batch exporter to a no-op exporter)",
+            ">= 0.80",
+        ),
+        (
+            "core_tracer",
             &unsampled,
-            &rt,
-            core_publish(
-                &publisher,
-                &barrier,
-                &s,
-                &payload,
-                Producer::TracerSpans(unsampled_provider.tracer("nats-otel")),
-                "core publish, `.tracer(...)` (spans unsampled)",
-                ">= 0.95",
-            ),
-        )?);
-    }
-    if run("core_tracer_sampled") {
-        rows.push(with_dispatch(
+            Producer::TracerSpans(unsampled_provider.tracer("nats-otel")),
+            "core publish, `.tracer(...)` (spans unsampled)",
+            ">= 0.95",
+        ),
+        (
+            "core_tracer_sampled",
             &sampled,
-            &rt,
-            core_publish(
-                &publisher,
-                &barrier,
-                &s,
-                &payload,
-                Producer::TracerSpans(sampled_provider.tracer("nats-otel")),
-                "core publish, `.tracer(...)` (spans sampled, batch exporter to a no-op exporter)",
-                ">= 0.80",
-            ),
-        )?);
-    }
-    if run("core_nospans") {
-        rows.push(with_dispatch(
+            Producer::TracerSpans(sampled_provider.tracer("nats-otel")),
+            "core publish, `.tracer(...)` (spans sampled, batch exporter to a no-op exporter)",
+            ">= 0.80",
+        ),
+        (
+            "core_nospans",
             &unsampled,
-            &rt,
-            core_publish(
-                &publisher,
-                &barrier,
-                &s,
-                &payload,
-                Producer::NoSpans,
-                "core publish, producer_spans(false): inject the caller's context only",
-                "(floor of the layer)",
-            ),
-        )?);
+            Producer::NoSpans,
+            "core publish, producer_spans(false): inject the caller's context only",
+            "(floor of the layer)",
+        ),
+    ];
+    for (key, dispatch, producer, name, target) in core_rows {
+        if run(key) {
+            let row = core_publish(&publisher, &barrier, &s, &payload, producer, name, target);
+            rows.push(with_dispatch(dispatch, &rt, row)?);
+        }
     }
-    if run("js") {
-        rows.push(with_dispatch(
-            &unsampled,
-            &rt,
-            jetstream_publish(
-                &js,
-                &s,
-                &payload,
-                None,
-                "JetStream publish, acks pipelined (unsampled)",
-            ),
-        )?);
+    let js_rows = [
+        ("js", None, "JetStream publish, acks pipelined (unsampled)"),
+        (
+            "js_tracer",
+            tracer(),
+            "JetStream publish, `.tracer(...)`, acks pipelined (unsampled)",
+        ),
+    ];
+    for (key, tracer, name) in js_rows {
+        if run(key) {
+            let row = jetstream_publish(&js, &s, &payload, tracer, name);
+            rows.push(with_dispatch(&unsampled, &rt, row)?);
+        }
     }
-    if run("js_tracer") {
-        rows.push(with_dispatch(
-            &unsampled,
-            &rt,
-            jetstream_publish(
-                &js,
-                &s,
-                &payload,
-                Some(unsampled_provider.tracer("nats-otel")),
-                "JetStream publish, `.tracer(...)`, acks pipelined (unsampled)",
-            ),
-        )?);
-    }
-    if run("consume") {
-        rows.push(with_dispatch(
-            &unsampled,
-            &rt,
-            consume(
-                &publisher,
-                &consumer,
-                &barrier,
-                &s,
-                &payload,
-                None,
-                "consume: adapter vs raw subscriber + manual extraction (unsampled)",
-            ),
-        )?);
-    }
-    if run("consume_tracer") {
-        rows.push(with_dispatch(
-            &unsampled,
-            &rt,
-            consume(
-                &publisher,
-                &consumer,
-                &barrier,
-                &s,
-                &payload,
-                Some(unsampled_provider.tracer("nats-otel")),
-                "consume, `.tracer(...)`: adapter vs raw subscriber + manual extraction (unsampled)",
-            ),
-        )?);
+    let consume_rows = [
+        (
+            "consume",
+            None,
+            "consume: adapter vs raw subscriber + manual extraction (unsampled)",
+        ),
+        (
+            "consume_tracer",
+            tracer(),
+            "consume, `.tracer(...)`: adapter vs raw subscriber + manual extraction (unsampled)",
+        ),
+    ];
+    for (key, tracer, name) in consume_rows {
+        if run(key) {
+            let row = consume(&publisher, &consumer, &barrier, &s, &payload, tracer, name);
+            rows.push(with_dispatch(&unsampled, &rt, row)?);
+        }
     }
     let kv = if run("kv") {
         let (row, reads, from_headers) =

@@ -6,8 +6,6 @@
 
 mod support;
 
-use std::time::Duration;
-
 use async_nats::HeaderMap;
 use nats_otel::{
     ContextExtractingConsumer, ContextExtractor, ContextSource, CorePublisher, JetStreamPublisher,
@@ -60,26 +58,11 @@ async fn core_chain_api_publish_process_handler_with_a_tracer() {
         cx.span().is_recording(),
         "the process span is in the context"
     );
-    let handler = cx.handler_span(tracing::info_span!("handler")).unwrap();
-    async {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    .instrument(handler)
-    .await;
-    drop(cx);
+    handle(cx).await;
 
-    let api = telemetry.span("api");
-    let publish = telemetry.span("publish jobs.otel");
-    let process = telemetry.span("process jobs.otel");
-    let handler = telemetry.span("handler");
-    assert_root(&api);
-    assert_kind(&publish, SpanKind::Producer);
-    assert_kind(&process, SpanKind::Consumer);
-    assert_child_of(&publish, &api);
-    assert_child_of(&process, &publish);
-    assert!(process.parent_span_is_remote);
-    assert_child_of(&handler, &process);
-    assert_within(&handler, &process);
+    let Chain {
+        publish, process, ..
+    } = telemetry.chain("jobs.otel");
     assert_eq!(publish.instrumentation_scope.name(), "nats-otel");
     for (span, operation) in [(&publish, "send"), (&process, "process")] {
         assert_attribute(span, "messaging.system", "nats");

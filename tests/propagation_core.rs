@@ -4,8 +4,6 @@
 
 mod support;
 
-use std::time::Duration;
-
 use nats_otel::{
     ContextSource, CorePublisher, MessageContextExt, Publish, Requester, TracePropagationLayer,
 };
@@ -37,34 +35,9 @@ async fn core_publish_subscribe_keeps_one_trace_api_publish_process_handler() {
     assert_eq!(record.source(), ContextSource::Headers);
     assert_eq!(record.reason(), None);
     assert_eq!(record.header_name(), None, "lowercase traceparent arrived");
-    let handler = cx.handler_span(tracing::info_span!("handler")).unwrap();
-    async {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    .instrument(handler)
-    .await;
-    drop(cx);
+    handle(cx).await;
 
-    let api = telemetry.span("api");
-    let publish = telemetry.span("publish jobs.core");
-    let process = telemetry.span("process jobs.core");
-    let handler = telemetry.span("handler");
-    for span in [&publish, &process, &handler] {
-        assert_eq!(
-            trace_id(span),
-            trace_id(&api),
-            "{:?} left the trace",
-            span.name
-        );
-    }
-    assert_root(&api);
-    assert_kind(&publish, SpanKind::Producer);
-    assert_kind(&process, SpanKind::Consumer);
-    assert_child_of(&publish, &api);
-    assert_child_of(&process, &publish);
-    assert!(process.parent_span_is_remote);
-    assert_child_of(&handler, &process);
-    assert_within(&handler, &process);
+    let Chain { process, .. } = telemetry.chain("jobs.core");
     assert_attribute(&process, "nats_otel.context.source", "headers");
     assert_attribute(&process, "messaging.destination.name", "jobs.core");
 }

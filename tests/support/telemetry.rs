@@ -215,3 +215,52 @@ impl OtelWithoutLayer {
         self.exporter.get_finished_spans().expect("finished spans")
     }
 }
+
+/// Runs a `handler` span (5 ms of work) as a child of a consumed message's
+/// context, then drops the context so that the `process` span ends.
+pub async fn handle(cx: opentelemetry::Context) {
+    use nats_otel::MessageContextExt;
+    use tracing::Instrument;
+
+    let handler = cx.handler_span(tracing::info_span!("handler")).unwrap();
+    async {
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    .instrument(handler)
+    .await;
+    drop(cx);
+}
+
+/// The finished spans of one job: `api` → `publish {subject}` →
+/// `process {subject}` → `handler`.
+pub struct Chain {
+    pub api: SpanData,
+    pub publish: SpanData,
+    pub process: SpanData,
+    pub handler: SpanData,
+}
+
+impl Telemetry {
+    /// The spans of the job published on `subject` from an `api` span and
+    /// handled with [`handle`], after asserting what a user checks: one
+    /// trace, each span the child of the one before (the process span's
+    /// parent remote), the right kinds, and the handler inside the process
+    /// span.
+    pub fn chain(&self, subject: &str) -> Chain {
+        let chain = Chain {
+            api: self.span("api"),
+            publish: self.span(&format!("publish {subject}")),
+            process: self.span(&format!("process {subject}")),
+            handler: self.span("handler"),
+        };
+        assert_root(&chain.api);
+        assert_kind(&chain.publish, SpanKind::Producer);
+        assert_kind(&chain.process, SpanKind::Consumer);
+        assert_child_of(&chain.publish, &chain.api);
+        assert_child_of(&chain.process, &chain.publish);
+        assert!(chain.process.parent_span_is_remote);
+        assert_child_of(&chain.handler, &chain.process);
+        assert_within(&chain.handler, &chain.process);
+        chain
+    }
+}
