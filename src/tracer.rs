@@ -49,9 +49,20 @@ impl SpanTracer {
         T: Tracer + Send + Sync + 'static,
         T::Span: Send + Sync + 'static,
     {
-        match (&tracer as &dyn Any).downcast_ref::<SdkTracer>() {
-            Some(sdk) => Self::Sdk(sdk.clone()),
-            None => Self::Boxed(Arc::new(BoxedTracer::new(Box::new(tracer)))),
+        let tracer: Box<dyn Any> = Box::new(tracer);
+        let tracer = match tracer.downcast::<SdkTracer>() {
+            Ok(sdk) => return Self::Sdk(*sdk),
+            Err(other) => other,
+        };
+        // `opentelemetry::global::tracer` hands out a `BoxedTracer`: keep it
+        // as it is rather than boxing it twice.
+        let tracer = match tracer.downcast::<BoxedTracer>() {
+            Ok(boxed) => return Self::Boxed(Arc::from(boxed)),
+            Err(other) => other,
+        };
+        match tracer.downcast::<T>() {
+            Ok(tracer) => Self::Boxed(Arc::new(BoxedTracer::new(tracer))),
+            Err(_) => unreachable!("the box holds the tracer given, a `T`"),
         }
     }
 }

@@ -226,7 +226,14 @@ where
             warn::no_context(subject, reason);
         }
     }
-    parent.with_span(span).with_value(record)
+    if span.span_context().is_valid() {
+        parent.with_span(span).with_value(record)
+    } else {
+        // The tracer made an empty span (a provider that was shut down,
+        // suppressed telemetry): hand the extracted context to the handler
+        // directly, as the `tracing` path does without a layer.
+        parent.with_value(record)
+    }
 }
 
 /// Records the allow-listed headers as `messaging.nats.header.<name>`.

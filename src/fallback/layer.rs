@@ -32,7 +32,9 @@ use crate::w3c::{BAGGAGE, TRACEPARENT, TRACESTATE};
 /// Usually added through
 /// [`TracePropagationLayer::fallback`](crate::TracePropagationLayer::fallback),
 /// which puts it *inside* the propagation layer, so it sees the injected
-/// headers and runs inside the PRODUCER span.
+/// headers and runs inside the PRODUCER span (when it is a `tracing` span;
+/// with [`tracer`](crate::TracePropagationLayer::tracer), inside the
+/// caller's span).
 ///
 /// # Examples
 ///
@@ -139,7 +141,8 @@ where
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         // Events go to the span current now and while the future is polled:
-        // the PRODUCER span, which the propagation layer enters around both.
+        // the PRODUCER span, which the propagation layer enters around both
+        // (with `.tracer(..)`, the caller's span).
         let (key, record) = match (key, record) {
             (Err(error), _) => {
                 // Not a failure (the message may simply have no key), but
@@ -347,7 +350,8 @@ fn write_failed(fallback: &KvFallback, key: String, message: String) -> KvWriteE
     }
 }
 
-/// Records a failed best-effort write on the PRODUCER span and as a WARN.
+/// Records a failed best-effort write on the current span (the PRODUCER
+/// span, or with `.tracer(..)` the caller's) and as a WARN.
 fn best_effort_failure(error: &KvWriteError) {
     let span = Span::current();
     span.add_event(

@@ -31,13 +31,7 @@ async fn lookup_inner(fallback: &KvFallback, key: String) -> Result<Context, NoC
     // A failed read is retried until the deadline: a bucket whose leader is
     // being re-elected answers "no responders" for a moment. The last error
     // is reported when time runs out, so a deleted bucket still says so.
-    //
-    // "Not found" is asked once more after a pause: with
-    // `WriteFailure::BestEffort` the put is sent just before the message
-    // and not awaited first, so a message can (rarely) be delivered before
-    // its record is stored.
     let mut last_error = None;
-    let mut asked_again = false;
     let entry = loop {
         match tokio::time::timeout_at(deadline, fallback.store.get(key.clone())).await {
             Err(_) => {
@@ -54,13 +48,7 @@ async fn lookup_inner(fallback: &KvFallback, key: String) -> Result<Context, NoC
                 }
                 tokio::time::sleep(RETRY_PAUSE).await;
             }
-            Ok(Ok(None)) => {
-                if asked_again || Instant::now() + RETRY_PAUSE >= deadline {
-                    return Err(NoContextReason::KvNotFound { key });
-                }
-                asked_again = true;
-                tokio::time::sleep(RETRY_PAUSE).await;
-            }
+            Ok(Ok(None)) => return Err(NoContextReason::KvNotFound { key }),
             Ok(Ok(Some(entry))) => break entry,
         }
     };

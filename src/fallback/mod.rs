@@ -26,7 +26,9 @@
 //! [`WriteFailure::BestEffort`], in the round trip before it with
 //! [`WriteFailure::Required`]; one KV read per message that arrives without
 //! usable headers. Failure
-//! modes: a failed write is recorded on the PRODUCER span and logged
+//! modes: a failed write is recorded on the PRODUCER span (with
+//! [`tracer`](crate::TracePropagationLayer::tracer): the caller's span) and
+//! logged
 //! ([`WriteFailure::BestEffort`], the default) or fails the publish before
 //! anything is sent ([`WriteFailure::Required`]); a failed or slow lookup
 //! costs at most the lookup timeout for that message, which is then yielded
@@ -64,7 +66,9 @@ pub const DEFAULT_LOOKUP_TIMEOUT: Duration = Duration::from_millis(250);
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum WriteFailure {
     /// The publish proceeds; the failure is recorded as an event on the
-    /// PRODUCER span and a WARN. The default.
+    /// PRODUCER span (with
+    /// [`tracer`](crate::TracePropagationLayer::tracer): the caller's span),
+    /// a WARN, [`FallbackStats`] and the metric. The default.
     ///
     /// Since the put's outcome cannot stop the publish, the message is sent
     /// right after the put, without waiting for the put's ack: the publish

@@ -161,9 +161,18 @@ impl TracePropagationLayer {
     /// nothing (see the README's performance table). The parent is the
     /// request's explicit context, else the current OpenTelemetry context,
     /// which tracing-opentelemetry keeps in step with the entered `tracing`
-    /// span. The spans no longer appear in `tracing` output (logs), only in
-    /// the traces, and what the KV fallback records about a failed
-    /// best-effort write (an event and a WARN) goes to the caller's span.
+    /// span (a context attached by hand wins).
+    ///
+    /// What differs from `tracing` spans: the spans do not appear in
+    /// `tracing` output (logs) and carry none of the attributes
+    /// tracing-opentelemetry adds (`code.*`, `thread.*`, timings); the
+    /// sampler sees the attributes the messaging conventions mark for
+    /// sampling (system, destination, operation), the rest being set only
+    /// on recorded spans; the inner service is not run inside the span, so
+    /// spans made by layers below this one are its siblings, and what the KV
+    /// fallback records about a failed best-effort write goes to the
+    /// caller's span. A tracer that makes an empty span (its provider shut
+    /// down) leaves the caller's context to be injected as it is.
     ///
     /// Pass the tracer of the provider your tracing-opentelemetry layer
     /// uses, or `opentelemetry::global::tracer("nats-otel")` when that

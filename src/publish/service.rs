@@ -32,6 +32,10 @@ const NATS_MSG_ID: &str = "Nats-Msg-Id";
 /// 4. calls the inner service inside the span and ends the span when the
 ///    inner future completes, marking it as an error if it failed.
 ///
+/// With [`TracePropagationLayer::tracer`], step 1 takes the current
+/// OpenTelemetry context before the `tracing` span's, the span is made with
+/// the tracer, and the inner service is called and polled outside it.
+///
 /// # Examples
 ///
 /// ```no_run
@@ -139,11 +143,14 @@ where
         } else {
             let (valid, skipped) = {
                 let mut injector = HeaderInjector::new(request.headers_mut());
-                let valid = match span.otel_span_context() {
+                let valid = match span.otel_span_context().filter(|sc| sc.is_valid()) {
                     Some(sc) => {
                         layer.propagator.inject_span(sc, &cx, &mut injector);
-                        sc.is_valid()
+                        true
                     }
+                    // No span, or the tracer made an empty one (a provider
+                    // that was shut down, suppressed telemetry): the
+                    // caller's context goes on as it is.
                     None => {
                         layer.propagator.inject(&cx, &mut injector);
                         cx.span().span_context().is_valid()
@@ -162,11 +169,20 @@ where
                     "nats_otel.inject_skipped",
                     vec![KeyValue::new("reason", skip.to_string())],
                 );
-                tracing::warn!(
-                    target: "nats_otel",
-                    subject = request.subject(),
-                    "trace header limited or not injected: {skip}"
-                );
+                let subject = request.subject();
+                match &span {
+                    ProducerSpan::Tracing(span) => tracing::warn!(
+                        target: "nats_otel",
+                        parent: span,
+                        subject,
+                        "trace header limited or not injected: {skip}"
+                    ),
+                    _ => tracing::warn!(
+                        target: "nats_otel",
+                        subject,
+                        "trace header limited or not injected: {skip}"
+                    ),
+                }
             }
         }
         drop(cx);
