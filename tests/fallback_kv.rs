@@ -651,3 +651,40 @@ async fn publish_without_trace_context_writes_no_record() {
     assert_eq!(kv.stats().write_failures, 0);
     assert_eq!(kv.store().get("untraced").await.unwrap(), None);
 }
+
+/// The same recovery with spans made by a tracer on both sides: the KV
+/// record carries the PRODUCER span made with the tracer, and the worker's
+/// `process` span is its child.
+#[tokio::test]
+async fn relay_drops_headers_kv_fallback_restores_the_parent_with_a_tracer() {
+    let telemetry = Telemetry::install();
+    let server = NatsServer::start();
+    let (client, js) = connect_jetstream(&server).await;
+    let stream = jobs_stream(&js).await;
+    let kv = subject_token_kv(&js).await;
+    let _relay = start_relay(&client, &js).await;
+
+    let mut publisher = TracePropagationLayer::new()
+        .tracer(telemetry.tracer())
+        .fallback(kv.clone())
+        .layer(CorePublisher::new(client.clone()));
+    let api_trace = publish_in_api_span(&mut publisher, "ingress.job-7", "{}".into()).await;
+    assert_eq!(kv.stats().writes, 1);
+
+    let mut worker = pull_consumer(&stream, "worker")
+        .await
+        .with_trace_context()
+        .tracer(telemetry.tracer())
+        .fallback(kv.clone());
+    let (message, cx) = next(&mut worker).await.unwrap();
+    assert_eq!(cx.extraction().map(|r| r.source()), Some(ContextSource::Kv));
+    message.ack().await.unwrap();
+    drop(cx);
+
+    let producer = telemetry.span("publish ingress.job-7");
+    assert_child_of(&producer, &telemetry.span("api"));
+    let process = telemetry.span("process jobs.job-7");
+    assert_eq!(trace_id(&process), api_trace);
+    assert_child_of(&process, &producer);
+    assert_attribute(&process, "nats_otel.context.source", "kv");
+}
