@@ -95,6 +95,33 @@ async fn start_relay(client: &Client, js: &jetstream::Context) -> tokio::task::J
     })
 }
 
+/// A server with the `JOBS` stream, the fallback bucket keyed by the first
+/// subject token, and a header-dropping relay from `ingress.>` to `jobs.>`.
+struct RelaySetup {
+    server: NatsServer,
+    client: Client,
+    stream: stream::Stream,
+    kv: KvFallback,
+    _relay: tokio::task::JoinHandle<()>,
+}
+
+impl RelaySetup {
+    async fn start() -> Self {
+        let server = NatsServer::start();
+        let (client, js) = connect_jetstream(&server).await;
+        let stream = jobs_stream(&js).await;
+        let kv = subject_token_kv(&js).await;
+        let relay = start_relay(&client, &js).await;
+        Self {
+            server,
+            client,
+            stream,
+            kv,
+            _relay: relay,
+        }
+    }
+}
+
 /// Publishes through `publisher` inside a new `api` span (a new trace) and
 /// returns that trace's id.
 async fn publish_in_api_span<S>(publisher: &mut S, subject: &str, payload: String) -> TraceId
@@ -166,11 +193,13 @@ fn json_id_key() -> FallbackKey {
 #[tokio::test]
 async fn relay_drops_headers_kv_fallback_restores_the_producer_parent() {
     let telemetry = Telemetry::install();
-    let server = NatsServer::start();
-    let (client, js) = connect_jetstream(&server).await;
-    let stream = jobs_stream(&js).await;
-    let kv = subject_token_kv(&js).await;
-    let _relay = start_relay(&client, &js).await;
+    let RelaySetup {
+        server: _server,
+        client,
+        stream,
+        kv,
+        ..
+    } = RelaySetup::start().await;
 
     let mut publisher = kv_publisher(&client, &kv);
     let api_trace =
@@ -236,11 +265,13 @@ async fn relay_drops_headers_kv_fallback_restores_the_producer_parent() {
 #[tokio::test]
 async fn intact_headers_make_no_kv_read() {
     let _telemetry = Telemetry::install();
-    let server = NatsServer::start();
-    let (client, js) = connect_jetstream(&server).await;
-    let stream = jobs_stream(&js).await;
-    let kv = subject_token_kv(&js).await;
-    let _relay = start_relay(&client, &js).await;
+    let RelaySetup {
+        server,
+        client,
+        stream,
+        kv,
+        ..
+    } = RelaySetup::start().await;
     // An independent count of KV reads: `Store::get` on a bucket with
     // `allow_direct` (what `create_key_value` sets) is a request on
     // `$JS.API.DIRECT.GET.KV_<bucket>.$KV.<bucket>.<key>`.
@@ -658,11 +689,13 @@ async fn publish_without_trace_context_writes_no_record() {
 #[tokio::test]
 async fn relay_drops_headers_kv_fallback_restores_the_parent_with_a_tracer() {
     let telemetry = Telemetry::install();
-    let server = NatsServer::start();
-    let (client, js) = connect_jetstream(&server).await;
-    let stream = jobs_stream(&js).await;
-    let kv = subject_token_kv(&js).await;
-    let _relay = start_relay(&client, &js).await;
+    let RelaySetup {
+        server: _server,
+        client,
+        stream,
+        kv,
+        ..
+    } = RelaySetup::start().await;
 
     let mut publisher = TracePropagationLayer::new()
         .tracer(telemetry.tracer())
