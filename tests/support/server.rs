@@ -710,9 +710,48 @@ pub fn try_cluster(n: usize) -> Result<Vec<NatsServer>, String> {
         for node in &nodes {
             node.wait_healthy(deadline.saturating_duration_since(Instant::now()))?;
         }
+        wait_meta_peers(&nodes, deadline)?;
         return Ok(nodes);
     }
     Err(format!("could not start a {n}-node cluster: {last_error}"))
+}
+
+/// Waits until the JetStream meta leader sees every other node as a current
+/// peer. `/healthz` is OK as soon as a majority has a leader, but placing an
+/// R`n` asset needs all `n` peers ("no suitable peers for placement"
+/// otherwise), which on a loaded machine can take a while longer.
+fn wait_meta_peers(nodes: &[NatsServer], deadline: Instant) -> Result<(), String> {
+    let n = nodes.len();
+    let mut last = String::from("no meta leader reported its replicas yet");
+    loop {
+        for node in nodes {
+            let Ok(response) = http_get(node.monitor_port, "/jsz") else {
+                continue;
+            };
+            let body = response.split("\r\n\r\n").nth(1).unwrap_or_default();
+            let Ok(jsz) = serde_json::from_str::<serde_json::Value>(body) else {
+                continue;
+            };
+            let meta = &jsz["meta_cluster"];
+            // Only the leader lists its replicas.
+            if let Some(replicas) = meta["replicas"].as_array() {
+                let current = replicas
+                    .iter()
+                    .filter(|r| r["current"].as_bool() == Some(true))
+                    .count();
+                if current + 1 >= n {
+                    return Ok(());
+                }
+                last = format!("meta leader sees {current} of {} peers current", n - 1);
+            }
+        }
+        if Instant::now() >= deadline {
+            return Err(format!(
+                "the {n}-node cluster did not form within {CLUSTER_HEALTH_TIMEOUT:?}: {last}"
+            ));
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// `n` distinct ports that were free a moment ago.
