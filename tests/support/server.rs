@@ -53,7 +53,7 @@ const START_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a standalone server gets to report healthy after its port opened.
 const HEALTH_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a cluster gets to elect a JetStream meta leader.
-const CLUSTER_HEALTH_TIMEOUT: Duration = Duration::from_secs(30);
+const CLUSTER_HEALTH_TIMEOUT: Duration = Duration::from_secs(20);
 /// How long a graceful stop may take before the process is killed.
 const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 /// Lines of server log quoted in error messages.
@@ -660,8 +660,9 @@ impl Drop for NatsServer {
 }
 
 /// Starts an `n`-node JetStream cluster on loopback and waits until every node reports
-/// healthy, i.e. a JetStream meta leader is known. Panics (with the logs) if it does not
-/// form within 30 s.
+/// healthy and the JetStream meta leader sees every other node as a current peer. A cluster
+/// that does not form within 20 s is torn down and started again (three tries); then this
+/// panics with the logs.
 ///
 /// Nodes are named `n1`..`nN`, share a cluster name unique to this call, and each has its
 /// own client port, route port and store dir; every node routes to all nodes. Creating a
@@ -707,11 +708,21 @@ pub fn try_cluster(n: usize) -> Result<Vec<NatsServer>, String> {
             continue;
         }
         let deadline = Instant::now() + CLUSTER_HEALTH_TIMEOUT;
-        for node in &nodes {
-            node.wait_healthy(deadline.saturating_duration_since(Instant::now()))?;
+        let formed = nodes
+            .iter()
+            .try_for_each(|node| {
+                node.wait_healthy(deadline.saturating_duration_since(Instant::now()))
+            })
+            .and_then(|()| wait_meta_peers(&nodes, deadline));
+        match formed {
+            Ok(()) => return Ok(nodes),
+            // Seen rarely on a loaded 2-core machine: a node that never
+            // becomes a current peer. Start over with fresh nodes and ports.
+            Err(e) => {
+                eprintln!("cluster {name} did not form, starting another: {e}");
+                last_error = e;
+            }
         }
-        wait_meta_peers(&nodes, deadline)?;
-        return Ok(nodes);
     }
     Err(format!("could not start a {n}-node cluster: {last_error}"))
 }
