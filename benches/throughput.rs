@@ -34,6 +34,7 @@ use std::collections::VecDeque;
 use std::future::Future;
 use std::time::{Duration, Instant};
 
+use async_nats::jetstream::context::PublishAckFuture;
 use async_nats::jetstream::{self, consumer, stream};
 use async_nats::{HeaderMap, Subject};
 use bytes::Bytes;
@@ -263,6 +264,40 @@ async fn core_publish(
     .await
 }
 
+/// JetStream acks in flight, at most `window` of them: pushing one more
+/// first awaits the oldest.
+struct AckWindow {
+    acks: VecDeque<PublishAckFuture>,
+    window: usize,
+}
+
+impl AckWindow {
+    fn new(window: usize) -> Self {
+        Self {
+            acks: VecDeque::with_capacity(window),
+            window,
+        }
+    }
+
+    async fn push(&mut self, ack: PublishAckFuture) -> Result<()> {
+        self.acks.push_back(ack);
+        if self.acks.len() >= self.window {
+            if let Some(oldest) = self.acks.pop_front() {
+                oldest.await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Awaits every ack still in flight.
+    async fn drain(self) -> Result<()> {
+        for ack in self.acks {
+            ack.await?;
+        }
+        Ok(())
+    }
+}
+
 async fn jetstream_publish(
     js: &jetstream::Context,
     s: &Settings,
@@ -284,7 +319,7 @@ async fn jetstream_publish(
                 layer = layer.tracer(tracer.clone());
             }
             let mut svc = layer.layer(JetStreamSender::new(js.clone()));
-            let mut acks = VecDeque::with_capacity(window);
+            let mut acks = AckWindow::new(window);
             let start = Instant::now();
             for _ in 0..n {
                 let ack = svc
@@ -292,35 +327,21 @@ async fn jetstream_publish(
                     .await?
                     .call(Publish::new(subject.clone(), payload.clone()))
                     .await?;
-                acks.push_back(ack);
-                if acks.len() >= window {
-                    if let Some(ack) = acks.pop_front() {
-                        ack.await?;
-                    }
-                }
+                acks.push(ack).await?;
             }
-            for ack in acks {
-                ack.await?;
-            }
+            acks.drain().await?;
             Ok(start.elapsed())
         },
         || async {
-            let mut acks = VecDeque::with_capacity(window);
+            let mut acks = AckWindow::new(window);
             let start = Instant::now();
             for _ in 0..n {
                 let ack = js
                     .publish_with_headers(subject.clone(), headers.clone(), payload.clone())
                     .await?;
-                acks.push_back(ack);
-                if acks.len() >= window {
-                    if let Some(ack) = acks.pop_front() {
-                        ack.await?;
-                    }
-                }
+                acks.push(ack).await?;
             }
-            for ack in acks {
-                ack.await?;
-            }
+            acks.drain().await?;
             Ok(start.elapsed())
         },
     )

@@ -33,6 +33,22 @@ fn in_memory_provider_sampled(sampler: Sampler) -> (InMemorySpanExporter, SdkTra
     (exporter, provider)
 }
 
+/// WARN and above from `tracing`, into the test's captured output.
+fn warnings_to_test_output<S>() -> impl tracing_subscriber::Layer<S>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
+    tracing_subscriber::fmt::layer()
+        .with_test_writer()
+        .with_filter(tracing_subscriber::filter::LevelFilter::WARN)
+}
+
+/// Every span `exporter` has, after flushing `provider`.
+fn finished_spans(provider: &SdkTracerProvider, exporter: &InMemorySpanExporter) -> Vec<SpanData> {
+    provider.force_flush().expect("flush spans");
+    exporter.get_finished_spans().expect("finished spans")
+}
+
 impl Telemetry {
     pub fn install() -> Self {
         Self::install_sampled(Sampler::ParentBased(Box::new(Sampler::AlwaysOn)))
@@ -44,11 +60,7 @@ impl Telemetry {
         let tracer = provider.tracer("nats-otel-tests");
         let subscriber = tracing_subscriber::registry()
             .with(tracing_opentelemetry::layer().with_tracer(tracer))
-            .with(
-                tracing_subscriber::fmt::layer()
-                    .with_test_writer()
-                    .with_filter(tracing_subscriber::filter::LevelFilter::WARN),
-            );
+            .with(warnings_to_test_output());
         let guard = tracing::subscriber::set_default(subscriber);
         Self {
             exporter,
@@ -65,8 +77,7 @@ impl Telemetry {
 
     /// All finished spans, after a flush.
     pub fn spans(&self) -> Vec<SpanData> {
-        self.provider.force_flush().expect("flush spans");
-        self.exporter.get_finished_spans().expect("finished spans")
+        finished_spans(&self.provider, &self.exporter)
     }
 
     /// The one finished span named `name`; panics listing the names when
@@ -191,11 +202,7 @@ pub struct OtelWithoutLayer {
 impl OtelWithoutLayer {
     pub fn install() -> Self {
         let (exporter, provider) = in_memory_provider();
-        let subscriber = tracing_subscriber::registry().with(
-            tracing_subscriber::fmt::layer()
-                .with_test_writer()
-                .with_filter(tracing_subscriber::filter::LevelFilter::WARN),
-        );
+        let subscriber = tracing_subscriber::registry().with(warnings_to_test_output());
         let guard = tracing::subscriber::set_default(subscriber);
         Self {
             exporter,
@@ -211,8 +218,7 @@ impl OtelWithoutLayer {
 
     /// All finished spans, after a flush.
     pub fn spans(&self) -> Vec<SpanData> {
-        self.provider.force_flush().expect("flush spans");
-        self.exporter.get_finished_spans().expect("finished spans")
+        finished_spans(&self.provider, &self.exporter)
     }
 }
 
