@@ -17,10 +17,26 @@ use crate::extraction::{ContextSource, ExtractionRecord};
 use crate::metrics::Metrics;
 use crate::tracer::{operation_span_name, SpanTracer};
 
-/// Holds the CONSUMER `process` span inside the yielded [`Context`]; the
-/// span ends when the last clone of that context is dropped.
+/// What the adapter stores in a yielded [`Context`]: the extraction record
+/// and, with `tracing` spans, the CONSUMER `process` span (which ends when
+/// the last clone of that context is dropped). One entry, so the context is
+/// extended once per message.
 #[derive(Debug)]
-struct ProcessSpan(Span);
+struct Consumed {
+    record: ExtractionRecord,
+    span: Option<Span>,
+}
+
+impl Consumed {
+    fn record(record: ExtractionRecord) -> Self {
+        Self { record, span: None }
+    }
+}
+
+/// A context holding only `record`: no `process` span.
+pub(crate) fn with_record(cx: Context, record: ExtractionRecord) -> Context {
+    cx.with_value(Consumed::record(record))
+}
 
 /// Names a span from the message subject.
 pub(crate) type SpanNameFn = Arc<dyn Fn(&str) -> String + Send + Sync>;
@@ -88,7 +104,7 @@ pub(crate) fn process_context(
         {
             warn::no_context(subject, reason);
         }
-        return remote.with_value(record);
+        return with_record(remote, record);
     }
     let name = match &options.span_name {
         Some(f) => f(subject),
@@ -103,30 +119,21 @@ pub(crate) fn process_context(
             return otel_process_context(tracer.as_ref(), name, meta, remote, record, options)
         }
     }
+    // The attributes a sampler may look at are span fields; the rest are set
+    // on the OpenTelemetry span once it is started, and only if it records
+    // (each `tracing` field costs an allocation whether or not it is kept).
     let span = tracing::info_span!(
         target: "nats_otel",
         parent: None,
         "process",
         otel.name = name,
         otel.kind = "consumer",
-        { attr::CONTEXT_SOURCE } = record.source().as_str(),
-        { attr::CONTEXT_REASON } = tracing::field::Empty,
         { semconv::MESSAGING_SYSTEM } = "nats",
         { semconv::MESSAGING_DESTINATION_NAME } = subject,
         { semconv::MESSAGING_OPERATION_TYPE } = "process",
         { semconv::MESSAGING_OPERATION_NAME } = "process",
-        { semconv::MESSAGING_MESSAGE_BODY_SIZE } = meta.payload.len() as i64,
-        { semconv::MESSAGING_CONSUMER_GROUP_NAME } = meta.jetstream.as_ref().map(|js| js.consumer),
-        { semconv::MESSAGING_DESTINATION_SUBSCRIPTION_NAME } = meta.jetstream.as_ref().map(|js| js.consumer),
-        { attr::NATS_STREAM } = meta.jetstream.as_ref().map(|js| js.stream),
-        { attr::NATS_STREAM_SEQUENCE } = meta.jetstream.as_ref().map(|js| js.stream_sequence as i64),
-        { attr::NATS_DELIVERED } = meta.jetstream.as_ref().map(|js| js.delivered),
     );
-    if let Some(reason) = record.reason() {
-        span.record(attr::CONTEXT_REASON, reason.as_str());
-    }
     let redelivered = meta.jetstream.as_ref().is_some_and(|js| js.delivered > 1);
-    capture_headers(&span, meta.headers, &options.capture_headers);
 
     // The parent must be set before anything starts the span.
     let remote_span = remote.span().span_context().clone();
@@ -138,6 +145,10 @@ pub(crate) fn process_context(
     }
     let cx = span.context();
     let cx = if cx.span().span_context().is_valid() {
+        let otel_span = cx.span();
+        if otel_span.is_recording() {
+            otel_span.set_attributes(recorded_attributes(meta, &record, options));
+        }
         cx
     } else {
         // No OpenTelemetry layer, or the span is filtered out: hand the
@@ -151,7 +162,49 @@ pub(crate) fn process_context(
             warn::no_context(subject, reason);
         }
     }
-    cx.with_value(record).with_value(ProcessSpan(span))
+    cx.with_value(Consumed {
+        record,
+        span: Some(span),
+    })
+}
+
+/// The `process` span's attributes that are set only on a recorded span:
+/// where the context came from, the body size, the JetStream delivery and
+/// the captured headers.
+fn recorded_attributes(
+    meta: &MessageMeta<'_>,
+    record: &ExtractionRecord,
+    options: &ProcessOptions,
+) -> Vec<KeyValue> {
+    let mut attributes = Vec::with_capacity(9 + options.capture_headers.len());
+    attributes.push(KeyValue::new(
+        attr::CONTEXT_SOURCE,
+        record.source().as_str(),
+    ));
+    if let Some(reason) = record.reason() {
+        attributes.push(KeyValue::new(attr::CONTEXT_REASON, reason.as_str()));
+    }
+    attributes.push(KeyValue::new(
+        semconv::MESSAGING_MESSAGE_BODY_SIZE,
+        meta.payload.len() as i64,
+    ));
+    if let Some(js) = &meta.jetstream {
+        attributes.extend([
+            KeyValue::new(
+                semconv::MESSAGING_CONSUMER_GROUP_NAME,
+                js.consumer.to_owned(),
+            ),
+            KeyValue::new(
+                semconv::MESSAGING_DESTINATION_SUBSCRIPTION_NAME,
+                js.consumer.to_owned(),
+            ),
+            KeyValue::new(attr::NATS_STREAM, js.stream.to_owned()),
+            KeyValue::new(attr::NATS_STREAM_SEQUENCE, js.stream_sequence as i64),
+            KeyValue::new(attr::NATS_DELIVERED, js.delivered),
+        ]);
+    }
+    attributes.extend(captured_headers(meta.headers, &options.capture_headers));
+    attributes
 }
 
 /// [`process_context`] with a span made by an OpenTelemetry tracer: the
@@ -191,35 +244,7 @@ where
     };
     let mut span = tracer.build_with_context(builder, &parent);
     if span.is_recording() {
-        span.set_attribute(KeyValue::new(
-            attr::CONTEXT_SOURCE,
-            record.source().as_str(),
-        ));
-        if let Some(reason) = record.reason() {
-            span.set_attribute(KeyValue::new(attr::CONTEXT_REASON, reason.as_str()));
-        }
-        span.set_attribute(KeyValue::new(
-            semconv::MESSAGING_MESSAGE_BODY_SIZE,
-            meta.payload.len() as i64,
-        ));
-        if let Some(js) = &meta.jetstream {
-            span.set_attributes([
-                KeyValue::new(
-                    semconv::MESSAGING_CONSUMER_GROUP_NAME,
-                    js.consumer.to_owned(),
-                ),
-                KeyValue::new(
-                    semconv::MESSAGING_DESTINATION_SUBSCRIPTION_NAME,
-                    js.consumer.to_owned(),
-                ),
-                KeyValue::new(attr::NATS_STREAM, js.stream.to_owned()),
-                KeyValue::new(attr::NATS_STREAM_SEQUENCE, js.stream_sequence as i64),
-                KeyValue::new(attr::NATS_DELIVERED, js.delivered),
-            ]);
-        }
-        for attribute in captured_headers(meta.headers, &options.capture_headers) {
-            span.set_attribute(attribute);
-        }
+        span.set_attributes(recorded_attributes(meta, &record, options));
     }
     if record.source() == ContextSource::None {
         if let Some(reason) = record.reason() {
@@ -227,12 +252,12 @@ where
         }
     }
     if span.span_context().is_valid() {
-        parent.with_span(span).with_value(record)
+        with_record(parent.with_span(span), record)
     } else {
         // The tracer made an empty span (a provider that was shut down,
         // suppressed telemetry): hand the extracted context to the handler
         // directly, as the `tracing` path does without a layer.
-        parent.with_value(record)
+        with_record(parent, record)
     }
 }
 
@@ -307,11 +332,11 @@ pub trait MessageContextExt {
 
 impl MessageContextExt for Context {
     fn extraction(&self) -> Option<&ExtractionRecord> {
-        self.get::<ExtractionRecord>()
+        self.get::<Consumed>().map(|c| &c.record)
     }
 
     fn process_span(&self) -> Option<&Span> {
-        self.get::<ProcessSpan>().map(|p| &p.0)
+        self.get::<Consumed>().and_then(|c| c.span.as_ref())
     }
 
     fn handler_span(&self, span: Span) -> Result<Span, HandlerSpanError> {

@@ -16,7 +16,7 @@ use opentelemetry::Context;
 use pin_project_lite::pin_project;
 
 use super::item::{ConsumerItem, MessageMeta};
-use super::span::{process_context, ProcessOptions, Redelivery};
+use super::span::{process_context, with_record, ProcessOptions, Redelivery};
 use crate::extraction::{
     context_from_carrier, extract_headers, ContextSource, ExtractionRecord, NoContextReason,
 };
@@ -747,7 +747,10 @@ fn finish<T: ConsumerItem>(
 }
 
 fn skipped_context() -> Context {
-    Context::new().with_value(ExtractionRecord::none(NoContextReason::SkippedByFilter))
+    with_record(
+        Context::new(),
+        ExtractionRecord::none(NoContextReason::SkippedByFilter),
+    )
 }
 
 /// Adds [`with_trace_context`](Self::with_trace_context) to consumer
