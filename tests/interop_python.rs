@@ -248,7 +248,7 @@ async fn rust_producer_to_python_consumer_keeps_trace_and_parent() {
     .instrument(api.clone())
     .await;
     drop(api);
-    client.flush().await.unwrap();
+    server_round_trip(&client).await;
 
     let consumed = json_line(&mut out).await;
     exits_ok(child).await;

@@ -273,3 +273,55 @@ async fn filters_names_and_captured_headers() {
     assert_attribute(&process, "messaging.nats.header.order-id", "o-17");
     assert_child_of(&process, &publishes[0]);
 }
+
+/// With `tracing` spans the attributes a sampler may look at are span
+/// fields, and the rest are set on the OpenTelemetry span once it records:
+/// a recorded span must still carry every one of them.
+#[tokio::test]
+async fn recorded_tracing_spans_carry_every_messaging_attribute() {
+    let telemetry = Telemetry::install();
+    let server = NatsServer::start();
+    let (js, consumer) = setup(&server, Duration::from_secs(30)).await;
+    let mut publisher = TracePropagationLayer::new().layer(JetStreamPublisher::new(js.clone()));
+    support::nats::publish_in_span(
+        &mut publisher,
+        tracing::info_span!("api"),
+        Publish::new("jobs.attrs", "12345678")
+            .header("Nats-Msg-Id", "job-42")
+            .unwrap(),
+    )
+    .await;
+    let mut messages = consumer.messages().await.unwrap().with_trace_context();
+    let (message, cx) = messages.next().await.unwrap().unwrap();
+    message.ack().await.unwrap();
+    drop(cx);
+    drop(messages);
+
+    let publish = telemetry.span("publish jobs.attrs");
+    let process = telemetry.span("process jobs.attrs");
+    assert_child_of(&process, &publish);
+    for span in [&publish, &process] {
+        assert_attribute(span, "messaging.system", "nats");
+        assert_attribute(span, "messaging.destination.name", "jobs.attrs");
+        assert_attribute(span, "messaging.message.body.size", 8i64);
+    }
+    assert_kind(&publish, SpanKind::Producer);
+    assert_attribute(&publish, "messaging.operation.type", "send");
+    assert_attribute(&publish, "messaging.operation.name", "publish");
+    assert_attribute(&publish, "messaging.message.id", "job-42");
+
+    assert_kind(&process, SpanKind::Consumer);
+    assert_attribute(&process, "messaging.operation.type", "process");
+    assert_attribute(&process, "messaging.operation.name", "process");
+    assert_attribute(&process, "nats_otel.context.source", "headers");
+    assert_eq!(attribute(&process, "nats_otel.context.reason"), None);
+    assert_attribute(&process, "messaging.consumer.group.name", "worker");
+    assert_attribute(
+        &process,
+        "messaging.destination.subscription.name",
+        "worker",
+    );
+    assert_attribute(&process, "messaging.nats.stream", "JOBS");
+    assert_attribute(&process, "messaging.nats.stream.sequence", 1i64);
+    assert_attribute(&process, "messaging.nats.delivered", 1i64);
+}

@@ -270,3 +270,61 @@ async fn handler_span_entered_too_early_is_reported_not_silent() {
         "the early-entered handler span kept its own trace"
     );
 }
+
+/// A layer of the user's own below the propagation layer, which makes a span
+/// when called and another when its future is polled: children of the
+/// PRODUCER span only with `instrument_inner(true)`, else of the caller's.
+#[tokio::test]
+async fn instrument_inner_parents_inner_layers_spans_under_the_producer_span() {
+    let telemetry = Telemetry::install();
+    let server = NatsServer::start();
+    let client = connect(&server).await;
+    let mut jobs = traced_subscription(&client, "jobs.inner.>").await;
+    let own_layer = |core: CorePublisher| {
+        tower::service_fn(move |publish: Publish| {
+            tracing::info_span!("inner_call").in_scope(|| {});
+            let core = core.clone();
+            async move {
+                tracing::info_span!("inner_poll").in_scope(|| {});
+                tower::ServiceExt::oneshot(core, publish).await
+            }
+        })
+    };
+
+    for (instrument, subject) in [
+        (None, "jobs.inner.default"),
+        (Some(true), "jobs.inner.entered"),
+    ] {
+        telemetry.reset();
+        let mut layer = TracePropagationLayer::new();
+        if let Some(enabled) = instrument {
+            layer = layer.instrument_inner(enabled);
+        }
+        let mut publisher = layer.layer(own_layer(CorePublisher::new(client.clone())));
+        let api = tracing::info_span!("api");
+        publish_in_span(&mut publisher, api, Publish::new(subject, "job")).await;
+        let (_message, cx) = next(&mut jobs).await;
+        assert_eq!(cx.extraction().unwrap().source(), ContextSource::Headers);
+        drop(cx);
+
+        let api = telemetry.span("api");
+        let publish = telemetry.span(&format!("publish {subject}"));
+        let process = telemetry.span(&format!("process {subject}"));
+        assert_child_of(&publish, &api);
+        assert_child_of(&process, &publish);
+        let expected_parent = if instrument == Some(true) {
+            &publish
+        } else {
+            &api
+        };
+        for name in ["inner_call", "inner_poll"] {
+            let inner = telemetry.span(name);
+            assert_eq!(
+                inner.parent_span_id,
+                span_id(expected_parent),
+                "{name} with instrument_inner {instrument:?}: parent should be {:?}",
+                expected_parent.name
+            );
+        }
+    }
+}

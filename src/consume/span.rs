@@ -261,13 +261,6 @@ where
     }
 }
 
-/// Records the allow-listed headers as `messaging.nats.header.<name>`.
-pub(crate) fn capture_headers(span: &Span, headers: Option<&HeaderMap>, names: &[String]) {
-    for attribute in captured_headers(headers, names) {
-        span.set_attribute(attribute.key, attribute.value);
-    }
-}
-
 /// The allow-listed headers as `messaging.nats.header.<name>` attributes.
 pub(crate) fn captured_headers<'a>(
     headers: Option<&'a HeaderMap>,

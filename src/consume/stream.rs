@@ -148,9 +148,9 @@ impl ContextExtractor {
     /// is then `None`: the span is `cx.span()` (OpenTelemetry's
     /// `TraceContextExt`), and it does not appear in `tracing` output. The
     /// SDK's spans end when dropped, so the span still ends with the last
-    /// clone of the context. The sampler sees the attributes the messaging
-    /// conventions mark for sampling; the rest, the extraction record's
-    /// included, are set only on recorded spans.
+    /// clone of the context. As with `tracing` spans, the sampler sees the
+    /// attributes the messaging conventions mark for sampling; the rest, the
+    /// extraction record's included, are set only on recorded spans.
     ///
     /// Pass the tracer of the provider your tracing-opentelemetry layer
     /// uses, or `opentelemetry::global::tracer("nats-otel")` when that

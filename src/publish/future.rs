@@ -78,6 +78,7 @@ pin_project! {
         #[pin]
         inner: F,
         span: Option<ProducerSpan>,
+        entered: bool,
     }
 }
 
@@ -86,7 +87,15 @@ impl<F> ResponseFuture<F> {
         Self {
             inner,
             span: Some(span),
+            entered: false,
         }
+    }
+
+    /// Enters a `tracing` PRODUCER span around each poll of the inner
+    /// future.
+    pub(crate) fn entered_on_poll(mut self, entered: bool) -> Self {
+        self.entered = entered;
+        self
     }
 }
 
@@ -101,7 +110,7 @@ where
         let this = self.project();
         let output = {
             let _entered = match this.span {
-                Some(ProducerSpan::Tracing(span)) => Some(span.enter()),
+                Some(ProducerSpan::Tracing(span)) if *this.entered => Some(span.enter()),
                 _ => None,
             };
             ready!(this.inner.poll(cx))

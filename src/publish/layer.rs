@@ -91,6 +91,7 @@ pub struct TracePropagationLayer {
     pub(crate) capture_headers: Arc<[String]>,
     pub(crate) metrics: Metrics,
     pub(crate) tracer: SpanTracer,
+    pub(crate) instrument_inner: Option<bool>,
 }
 
 impl fmt::Debug for TracePropagationLayer {
@@ -102,6 +103,7 @@ impl fmt::Debug for TracePropagationLayer {
             .field("skip", &self.skip)
             .field("capture_headers", &self.capture_headers)
             .field("tracer", &self.tracer)
+            .field("instrument_inner", &self.instrument_inner.unwrap_or(false))
             .finish()
     }
 }
@@ -166,12 +168,13 @@ impl TracePropagationLayer {
     /// What differs from `tracing` spans: the spans do not appear in
     /// `tracing` output (logs) and carry none of the attributes
     /// tracing-opentelemetry adds (`code.*`, `thread.*`, timings); the
-    /// sampler sees the attributes the messaging conventions mark for
-    /// sampling (system, destination, operation), the rest being set only
-    /// on recorded spans; the inner service is not run inside the span, so
+    /// inner service is never run inside the span
+    /// ([`instrument_inner`](Self::instrument_inner) has no effect), so
     /// spans made by layers below this one are its siblings, and what the KV
     /// fallback records about a failed best-effort write goes to the
-    /// caller's span. A tracer that makes an empty span (its provider shut
+    /// caller's span. As with `tracing` spans, the sampler sees the
+    /// attributes the messaging conventions mark for sampling (system,
+    /// destination, operation), the rest being set only on recorded spans. A tracer that makes an empty span (its provider shut
     /// down) leaves the caller's context to be injected as it is.
     ///
     /// Pass the tracer of the provider your tracing-opentelemetry layer
@@ -196,6 +199,34 @@ impl TracePropagationLayer {
         T::Span: Send + Sync + 'static,
     {
         self.tracer = SpanTracer::new(tracer);
+        self
+    }
+
+    /// Calls the inner service, and polls its future, inside the PRODUCER
+    /// `tracing` span, so that `tracing` events and spans of layers below
+    /// this one are its children (as `tracing::Instrument` would).
+    ///
+    /// The crate's publishers do nothing that needs the span entered, and
+    /// entering one costs about 0.25 µs each time with tracing-opentelemetry
+    /// 0.34, which makes the span's OpenTelemetry context current on every
+    /// enter; a call and one poll make two per message. Turn it on when
+    /// your own layers below this one log or trace.
+    ///
+    /// By default, the span is not entered, except that
+    /// [`fallback`](Self::fallback) turns this on (unless it was set
+    /// explicitly), so that what the fallback records about a failed
+    /// best-effort write lands on the PRODUCER span. Has no effect with
+    /// [`tracer`](Self::tracer) or without PRODUCER spans.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use nats_otel::TracePropagationLayer;
+    ///
+    /// let layer = TracePropagationLayer::new().instrument_inner(true);
+    /// ```
+    pub fn instrument_inner(mut self, enabled: bool) -> Self {
+        self.instrument_inner = Some(enabled);
         self
     }
 
@@ -237,6 +268,10 @@ impl TracePropagationLayer {
     /// inside this one; the service's error becomes
     /// [`FallbackError`](crate::FallbackError).
     ///
+    /// The PRODUCER span is entered around the inner service (see
+    /// [`instrument_inner`](Self::instrument_inner)) unless that was turned
+    /// off explicitly.
+    ///
     /// By default, no fallback is written.
     #[cfg(feature = "kv")]
     #[cfg_attr(docsrs, doc(cfg(feature = "kv")))]
@@ -244,7 +279,9 @@ impl TracePropagationLayer {
         self,
         fallback: crate::KvFallback,
     ) -> tower_layer::Stack<crate::KvFallbackLayer, TracePropagationLayer> {
-        tower_layer::Stack::new(crate::KvFallbackLayer::new(fallback), self)
+        let mut layer = self;
+        layer.instrument_inner.get_or_insert(true);
+        tower_layer::Stack::new(crate::KvFallbackLayer::new(fallback), layer)
     }
 }
 

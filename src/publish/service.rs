@@ -11,7 +11,7 @@ use super::future::{ProducerSpan, ResponseFuture};
 use super::layer::TracePropagationLayer;
 use super::request::PublishMessage;
 use crate::carrier::{find_header, HeaderInjector};
-use crate::consume::span::{capture_headers, captured_headers};
+use crate::consume::span::captured_headers;
 use crate::tracer::{caller_context, operation_span_name, SpanTracer};
 use crate::w3c::TRACEPARENT;
 use opentelemetry_semantic_conventions::attribute as semconv;
@@ -29,12 +29,16 @@ const NATS_MSG_ID: &str = "Nats-Msg-Id";
 /// 2. starts a PRODUCER span `publish {subject}` as its child;
 /// 3. injects the PRODUCER span's context into the headers — unless the
 ///    caller already set a `traceparent` (in any casing), which is kept;
-/// 4. calls the inner service inside the span and ends the span when the
-///    inner future completes, marking it as an error if it failed.
+/// 4. calls the inner service and ends the span when the inner future
+///    completes, marking it as an error if it failed. The inner service is
+///    called and polled inside the span only with
+///    [`TracePropagationLayer::instrument_inner`] (or a
+///    [`fallback`](TracePropagationLayer::fallback)).
 ///
 /// With [`TracePropagationLayer::tracer`], step 1 takes the current
 /// OpenTelemetry context before the `tracing` span's, the span is made with
-/// the tracer, and the inner service is called and polled outside it.
+/// the tracer, and the inner service is always called and polled outside
+/// it.
 ///
 /// # Examples
 ///
@@ -130,7 +134,19 @@ where
                     // context is then injected directly below.
                     let _ = span.set_parent(parent.clone());
                 }
-                let cx = context_to_inject(&span, explicit);
+                let cx = span.context();
+                let cx = if cx.span().span_context().is_valid() {
+                    let otel_span = cx.span();
+                    if otel_span.is_recording() {
+                        otel_span.set_attributes(recorded_attributes(&request, layer));
+                    }
+                    cx
+                } else {
+                    // No OpenTelemetry layer (or the span is filtered out):
+                    // the explicit, current-span or current OpenTelemetry
+                    // context, so that propagation works without one.
+                    explicit.unwrap_or_else(caller_context)
+                };
                 (ProducerSpan::Tracing(span), cx)
             }
         };
@@ -187,23 +203,26 @@ where
         }
         drop(cx);
 
+        let instrument = layer.instrument_inner.unwrap_or(false);
         let future = match &span {
-            ProducerSpan::Tracing(span) => {
+            ProducerSpan::Tracing(span) if instrument => {
                 let _entered = span.enter();
                 self.inner.call(request)
             }
             _ => self.inner.call(request),
         };
-        ResponseFuture::new(future, span)
+        ResponseFuture::new(future, span).entered_on_poll(instrument)
     }
 }
 
-/// The PRODUCER span as a `tracing` span; attributes are span fields, so
-/// they reach the OpenTelemetry layer with the span itself.
+/// The PRODUCER span as a `tracing` span. The attributes a sampler may look
+/// at are span fields; the rest are set on the OpenTelemetry span once it is
+/// started, and only if it records ([`recorded_attributes`]): a `tracing`
+/// field costs an allocation whether or not the span is kept.
 fn producer_span<R: PublishMessage>(request: &R, layer: &TracePropagationLayer) -> Span {
     let subject = request.subject();
     let name = span_name(subject, layer);
-    let span = tracing::info_span!(
+    tracing::info_span!(
         target: "nats_otel",
         "publish",
         otel.name = name,
@@ -212,14 +231,26 @@ fn producer_span<R: PublishMessage>(request: &R, layer: &TracePropagationLayer) 
         { semconv::MESSAGING_DESTINATION_NAME } = subject,
         { semconv::MESSAGING_OPERATION_TYPE } = "send",
         { semconv::MESSAGING_OPERATION_NAME } = "publish",
-        { semconv::MESSAGING_MESSAGE_BODY_SIZE } = request.payload_len() as i64,
-        { semconv::MESSAGING_MESSAGE_ID } = tracing::field::Empty,
-    );
-    if let Some((_, id)) = request.headers().and_then(|h| find_header(h, NATS_MSG_ID)) {
-        span.record(semconv::MESSAGING_MESSAGE_ID, id);
+    )
+}
+
+/// The PRODUCER span's attributes that are set only on a recorded span: the
+/// body size, the message id (`Nats-Msg-Id`) and the captured headers.
+fn recorded_attributes<R: PublishMessage>(
+    request: &R,
+    layer: &TracePropagationLayer,
+) -> Vec<KeyValue> {
+    let headers = request.headers();
+    let mut attributes = Vec::with_capacity(2 + layer.capture_headers.len());
+    attributes.push(KeyValue::new(
+        semconv::MESSAGING_MESSAGE_BODY_SIZE,
+        request.payload_len() as i64,
+    ));
+    if let Some((_, id)) = headers.and_then(|h| find_header(h, NATS_MSG_ID)) {
+        attributes.push(KeyValue::new(semconv::MESSAGING_MESSAGE_ID, id.to_owned()));
     }
-    capture_headers(&span, request.headers(), &layer.capture_headers);
-    span
+    attributes.extend(captured_headers(headers, &layer.capture_headers));
+    attributes
 }
 
 fn span_name(subject: &str, layer: &TracePropagationLayer) -> String {
@@ -249,30 +280,9 @@ fn otel_producer_span<T: Tracer, R: PublishMessage>(
         ]);
     let mut span = tracer.build_with_context(builder, parent);
     if span.is_recording() {
-        span.set_attribute(KeyValue::new(
-            semconv::MESSAGING_MESSAGE_BODY_SIZE,
-            request.payload_len() as i64,
-        ));
-        let headers = request.headers();
-        if let Some((_, id)) = headers.and_then(|h| find_header(h, NATS_MSG_ID)) {
-            span.set_attribute(KeyValue::new(semconv::MESSAGING_MESSAGE_ID, id.to_owned()));
-        }
-        for attribute in captured_headers(headers, &layer.capture_headers) {
-            span.set_attribute(attribute);
-        }
+        span.set_attributes(recorded_attributes(request, layer));
     }
     span
-}
-
-/// The PRODUCER span's context when the OpenTelemetry layer made it valid;
-/// otherwise the explicit, current-span or current OpenTelemetry context, so
-/// that propagation works even without a `tracing` OpenTelemetry layer.
-fn context_to_inject(span: &Span, explicit: Option<Context>) -> Context {
-    let cx = span.context();
-    if cx.span().span_context().is_valid() {
-        return cx;
-    }
-    explicit.unwrap_or_else(caller_context)
 }
 
 fn warn_invalid_context_once(subject: &str) {
