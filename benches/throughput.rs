@@ -20,7 +20,8 @@
 //! | `NATS_OTEL_BENCH_WINDOW` | 256 | JetStream acks in flight (KV: a quarter of it) |
 //! | `NATS_OTEL_BENCH_RSS_MESSAGES` | 1000000 | messages consumed for the RSS check |
 //! | `NATS_OTEL_BENCH_PAYLOAD` | 128 | payload bytes |
-//! | `NATS_OTEL_BENCH_STORAGE` | `file` | storage of the benchmark's streams, `file` (JetStream's default, as the KV bucket) or `memory` |
+//! | `NATS_OTEL_BENCH_STORAGE` | `file` | storage of the benchmark's streams and KV bucket, `file` (JetStream's default) or `memory` |
+//! | `NATS_OTEL_BENCH_WORKERS` | 0 | worker threads of the client's runtime; 0 runs everything, the client's connection task included, on one thread (every nanosecond the layer adds shows); with workers, the connection task runs beside the publishing loop |
 //! | `NATS_OTEL_BENCH_ONLY` | (all) | comma-separated subset: `core`, `core_sampled`, `core_tracer`, `core_tracer_sampled`, `core_nospans`, `js`, `js_tracer`, `consume`, `consume_tracer`, `kv`, `rss` |
 //!
 //! Under `cargo test --benches` (no `--bench` argument) it does nothing.
@@ -65,6 +66,8 @@ struct Settings {
     rss_messages: usize,
     payload: usize,
     storage: stream::StorageType,
+    /// Worker threads of the runtime (0: the current thread only).
+    workers: usize,
 }
 
 fn env(name: &str, default: usize) -> usize {
@@ -91,6 +94,7 @@ impl Settings {
                 Ok("file") | Err(_) => stream::StorageType::File,
                 Ok(other) => panic!("NATS_OTEL_BENCH_STORAGE={other:?}: use file or memory"),
             },
+            workers: env("NATS_OTEL_BENCH_WORKERS", 0),
         }
     }
 }
@@ -503,7 +507,21 @@ async fn kv_write_through(
     s: &Settings,
     payload: &Bytes,
 ) -> Result<(Row, u64, usize)> {
-    let store = KvFallback::open_bucket(js, "bench_carriers").await?;
+    // The bucket on the same storage as the stream it is compared with, so
+    // that both writes cost the same (the 0.5 floor).
+    let store = match s.storage {
+        stream::StorageType::File => KvFallback::open_bucket(js, "bench_carriers").await?,
+        stream::StorageType::Memory => {
+            js.create_key_value(async_nats::jetstream::kv::Config {
+                bucket: "bench_carriers".into(),
+                history: 1,
+                max_age: Duration::from_secs(24 * 3600),
+                storage: stream::StorageType::Memory,
+                ..Default::default()
+            })
+            .await?
+        }
+    };
     let fallback = KvFallback::new(store, FallbackKey::header("Job-Id"));
     let subject = Subject::from("bench.kv");
     let (n, window) = (s.kv_messages, (s.window / 4).max(1));
@@ -682,7 +700,7 @@ fn main() -> Result<()> {
         .wait_healthy(true)
         .start();
     eprintln!(
-        "nats-server {} at {}; rounds {}, messages {}, JetStream {}, KV {}, window {}, payload {} B, streams on {:?}",
+        "nats-server {} at {}; rounds {}, messages {}, JetStream {}, KV {}, window {}, payload {} B, streams on {:?}, runtime workers {}",
         server.version(),
         server.url(),
         s.rounds,
@@ -691,11 +709,21 @@ fn main() -> Result<()> {
         s.kv_messages,
         s.window,
         s.payload,
-        s.storage
+        s.storage,
+        s.workers
     );
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
+    // The benchmark's loops run on this thread (`block_on`); with workers,
+    // the client's connection task runs beside them on a worker thread.
+    let rt = match s.workers {
+        0 => tokio::runtime::Builder::new_current_thread(),
+        n => {
+            let mut builder = tokio::runtime::Builder::new_multi_thread();
+            builder.worker_threads(n);
+            builder
+        }
+    }
+    .enable_all()
+    .build()?;
     let (unsampled, unsampled_provider) = dispatch(false);
     let (sampled, sampled_provider) = dispatch(true);
     let payload = Bytes::from(vec![b'x'; s.payload]);
