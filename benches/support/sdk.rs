@@ -76,7 +76,9 @@ pub fn dispatch(provider: &SdkTracerProvider) -> Dispatch {
 }
 
 /// The hand-written consumer side with a `tracing` span: extract with the
-/// SDK, start a CONSUMER span and make the remote context its parent.
+/// SDK, start a CONSUMER span with the attributes the messaging conventions
+/// require (the ones the adapter gives every span) and make the remote
+/// context its parent.
 pub fn hand_written_tracing_span(
     propagator: &TraceContextPropagator,
     message: &async_nats::Message,
@@ -88,14 +90,16 @@ pub fn hand_written_tracing_span(
         otel.kind = "consumer",
         messaging.system = "nats",
         messaging.destination.name = message.subject.as_str(),
+        messaging.operation.type = "process",
+        messaging.operation.name = "process",
     );
     let _ = span.set_parent(remote);
     span
 }
 
 /// The hand-written consumer side with a span from `tracer`: extract with
-/// the SDK, start a CONSUMER span under the remote context; returns the
-/// context a handler would run in.
+/// the SDK, start a CONSUMER span (the same required attributes) under the
+/// remote context; returns the context a handler would run in.
 pub fn hand_written_tracer_span(
     propagator: &TraceContextPropagator,
     tracer: &SdkTracer,
@@ -108,6 +112,8 @@ pub fn hand_written_tracer_span(
             .with_attributes([
                 KeyValue::new("messaging.system", "nats"),
                 KeyValue::new("messaging.destination.name", message.subject.to_string()),
+                KeyValue::new("messaging.operation.type", "process"),
+                KeyValue::new("messaging.operation.name", "process"),
             ]),
         &remote,
     );
