@@ -32,7 +32,9 @@ use crate::w3c::{BAGGAGE, TRACEPARENT, TRACESTATE};
 /// Usually added through
 /// [`TracePropagationLayer::fallback`](crate::TracePropagationLayer::fallback),
 /// which puts it *inside* the propagation layer, so it sees the injected
-/// headers and runs inside the PRODUCER span (when it is a `tracing` span;
+/// headers and runs inside the PRODUCER span (when it is a `tracing` span,
+/// which that method has the layer enter, see
+/// [`instrument_inner`](crate::TracePropagationLayer::instrument_inner);
 /// with [`tracer`](crate::TracePropagationLayer::tracer), inside the
 /// caller's span).
 ///
@@ -142,7 +144,8 @@ where
         let mut inner = std::mem::replace(&mut self.inner, clone);
         // Events go to the span current now and while the future is polled:
         // the PRODUCER span, which the propagation layer enters around both
-        // (with `.tracer(..)`, the caller's span).
+        // when stacked by `fallback` (with `.tracer(..)`, or with
+        // `instrument_inner(false)`, the caller's span).
         let (key, record) = match (key, record) {
             (Err(error), _) => {
                 // Not a failure (the message may simply have no key), but

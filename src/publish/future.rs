@@ -70,9 +70,10 @@ impl ProducerSpan {
 pin_project! {
     /// Response future of [`TracePropagation`](crate::TracePropagation).
     ///
-    /// Polls the inner service's future inside the PRODUCER span and ends the
-    /// span when it completes (for JetStream, after the ack). An error is
-    /// recorded on the span and returned unchanged.
+    /// Polls the inner service's future (inside the PRODUCER span with
+    /// [`instrument_inner`](crate::TracePropagationLayer::instrument_inner))
+    /// and ends the span when it completes (for JetStream, after the ack).
+    /// An error is recorded on the span and returned unchanged.
     #[derive(Debug)]
     pub struct ResponseFuture<F> {
         #[pin]
