@@ -13,7 +13,7 @@
 //!
 //! | variable | default | meaning |
 //! |---|---|---|
-//! | `NATS_OTEL_BENCH_ROUNDS` | 5 | rounds per pair |
+//! | `NATS_OTEL_BENCH_ROUNDS` | 11 | rounds per pair |
 //! | `NATS_OTEL_BENCH_MESSAGES` | 100000 | core publish and consume, per run |
 //! | `NATS_OTEL_BENCH_JS_MESSAGES` | 50000 | JetStream publish, per run |
 //! | `NATS_OTEL_BENCH_KV_MESSAGES` | 5000 | KV write-through, per run |
@@ -82,7 +82,7 @@ fn env(name: &str, default: usize) -> usize {
 impl Settings {
     fn from_env() -> Self {
         Self {
-            rounds: env("NATS_OTEL_BENCH_ROUNDS", 5).max(1),
+            rounds: env("NATS_OTEL_BENCH_ROUNDS", 11).max(1),
             messages: env("NATS_OTEL_BENCH_MESSAGES", 100_000).max(1),
             js_messages: env("NATS_OTEL_BENCH_JS_MESSAGES", 50_000).max(1),
             kv_messages: env("NATS_OTEL_BENCH_KV_MESSAGES", 5_000).max(1),
