@@ -174,8 +174,9 @@ impl TracePropagationLayer {
     /// fallback records about a failed best-effort write goes to the
     /// caller's span. As with `tracing` spans, the sampler sees the
     /// attributes the messaging conventions mark for sampling (system,
-    /// destination, operation), the rest being set only on recorded spans. A tracer that makes an empty span (its provider shut
-    /// down) leaves the caller's context to be injected as it is.
+    /// destination, operation), the rest being set only on recorded spans.
+    /// A tracer that makes an empty span (its provider shut down) leaves the
+    /// caller's context to be injected as it is.
     ///
     /// Pass the tracer of the provider your tracing-opentelemetry layer
     /// uses, or `opentelemetry::global::tracer("nats-otel")` when that
