@@ -515,7 +515,7 @@ async fn kv_write_through(
             js.create_key_value(async_nats::jetstream::kv::Config {
                 bucket: "bench_carriers".into(),
                 history: 1,
-                max_age: Duration::from_secs(24 * 3600),
+                max_age: nats_otel::fallback::DEFAULT_MAX_AGE,
                 storage: stream::StorageType::Memory,
                 ..Default::default()
             })

@@ -2,8 +2,10 @@
 //! from, and — when it came from nowhere — why.
 //!
 //! Every [`Context`] yielded by the consumer adapter carries an
-//! [`ExtractionRecord`], readable with `cx.get::<ExtractionRecord>()` or
-//! [`MessageContextExt::extraction`](crate::MessageContextExt::extraction).
+//! [`ExtractionRecord`], read with
+//! [`MessageContextExt::extraction`](crate::MessageContextExt::extraction)
+//! (it is stored in a private entry, so `cx.get::<ExtractionRecord>()`
+//! finds nothing).
 
 use std::borrow::Cow;
 use std::fmt;
@@ -247,7 +249,8 @@ impl fmt::Display for NoContextReason {
 
 /// Where a consumed message's context came from, and why when nowhere.
 ///
-/// Stored in the [`Context`] the consumer adapter yields.
+/// Stored in the [`Context`] the consumer adapter yields; read it with
+/// [`MessageContextExt::extraction`](crate::MessageContextExt::extraction).
 ///
 /// # Examples
 ///

@@ -196,7 +196,9 @@ impl ContextExtractor {
     }
 
     /// Records these headers (any casing) on the `process` span as
-    /// `messaging.nats.header.<lowercase name>`.
+    /// `messaging.nats.header.<lowercase name>`, on recorded spans only: they
+    /// are set once the span is started, so samplers and `tracing` output
+    /// do not see them.
     ///
     /// By default, no header is captured.
     pub fn capture_headers<I, S>(mut self, names: I) -> Self

@@ -36,7 +36,11 @@ use crate::w3c::{BAGGAGE, TRACEPARENT, TRACESTATE};
 /// which that method has the layer enter, see
 /// [`instrument_inner`](crate::TracePropagationLayer::instrument_inner);
 /// with [`tracer`](crate::TracePropagationLayer::tracer), inside the
-/// caller's span).
+/// caller's span). Stacked by hand below a
+/// [`TracePropagationLayer`](crate::TracePropagationLayer), it runs inside
+/// the PRODUCER span only if that layer has `.instrument_inner(true)`;
+/// otherwise what it records about a skipped or failed write goes to the
+/// caller's span.
 ///
 /// # Examples
 ///
@@ -354,7 +358,8 @@ fn write_failed(fallback: &KvFallback, key: String, message: String) -> KvWriteE
 }
 
 /// Records a failed best-effort write on the current span (the PRODUCER
-/// span, or with `.tracer(..)` the caller's) and as a WARN.
+/// span when the propagation layer enters it, else the caller's) and as a
+/// WARN.
 fn best_effort_failure(error: &KvWriteError) {
     let span = Span::current();
     span.add_event(

@@ -27,7 +27,10 @@
 //! [`WriteFailure::Required`]; one KV read per message that arrives without
 //! usable headers. Failure
 //! modes: a failed write is recorded on the PRODUCER span (with
-//! [`tracer`](crate::TracePropagationLayer::tracer): the caller's span) and
+//! [`tracer`](crate::TracePropagationLayer::tracer), or a
+//! [`KvFallbackLayer`] stacked by hand without
+//! [`instrument_inner`](crate::TracePropagationLayer::instrument_inner): the
+//! caller's span) and
 //! logged
 //! ([`WriteFailure::BestEffort`], the default) or fails the publish before
 //! anything is sent ([`WriteFailure::Required`]); a failed or slow lookup
@@ -67,7 +70,10 @@ pub const DEFAULT_LOOKUP_TIMEOUT: Duration = Duration::from_millis(250);
 pub enum WriteFailure {
     /// The publish proceeds; the failure is recorded as an event on the
     /// PRODUCER span (with
-    /// [`tracer`](crate::TracePropagationLayer::tracer): the caller's span),
+    /// [`tracer`](crate::TracePropagationLayer::tracer), or a layer stacked
+    /// by hand without
+    /// [`instrument_inner`](crate::TracePropagationLayer::instrument_inner):
+    /// the caller's span),
     /// a WARN, [`FallbackStats`] and the metric. The default.
     ///
     /// Since the put's outcome cannot stop the publish, the message is sent

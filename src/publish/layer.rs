@@ -103,7 +103,7 @@ impl fmt::Debug for TracePropagationLayer {
             .field("skip", &self.skip)
             .field("capture_headers", &self.capture_headers)
             .field("tracer", &self.tracer)
-            .field("instrument_inner", &self.instrument_inner.unwrap_or(false))
+            .field("instrument_inner", &self.instrument_inner)
             .finish()
     }
 }
@@ -168,11 +168,11 @@ impl TracePropagationLayer {
     /// What differs from `tracing` spans: the spans do not appear in
     /// `tracing` output (logs) and carry none of the attributes
     /// tracing-opentelemetry adds (`code.*`, `thread.*`, timings); the
-    /// inner service is never run inside the span
+    /// inner service cannot be run inside the span
     /// ([`instrument_inner`](Self::instrument_inner) has no effect), so
-    /// spans made by layers below this one are its siblings, and what the KV
-    /// fallback records about a failed best-effort write goes to the
-    /// caller's span. As with `tracing` spans, the sampler sees the
+    /// spans made by layers below this one stay its siblings even with
+    /// [`fallback`](Self::fallback), and what the KV fallback records about
+    /// a failed best-effort write goes to the caller's span. As with `tracing` spans, the sampler sees the
     /// attributes the messaging conventions mark for sampling (system,
     /// destination, operation), the rest being set only on recorded spans.
     /// A tracer that makes an empty span (its provider shut down) leaves the
@@ -205,7 +205,8 @@ impl TracePropagationLayer {
 
     /// Calls the inner service, and polls its future, inside the PRODUCER
     /// `tracing` span, so that `tracing` events and spans of layers below
-    /// this one are its children (as `tracing::Instrument` would).
+    /// this one are its children (the inner future is not dropped inside
+    /// it).
     ///
     /// The crate's publishers do nothing that needs the span entered, and
     /// entering one costs about 0.25 µs each time with tracing-opentelemetry
@@ -214,9 +215,12 @@ impl TracePropagationLayer {
     /// your own layers below this one log or trace.
     ///
     /// By default, the span is not entered, except that
-    /// [`fallback`](Self::fallback) turns this on (unless it was set
-    /// explicitly), so that what the fallback records about a failed
-    /// best-effort write lands on the PRODUCER span. Has no effect with
+    /// [`fallback`](Self::fallback) turns this on unless it was set
+    /// explicitly before (`fallback` returns the stacked layer, so set this
+    /// first), so that what the fallback records about a failed best-effort
+    /// write lands on the PRODUCER span. A
+    /// [`KvFallbackLayer`](crate::KvFallbackLayer) stacked by hand needs
+    /// this set to `true` for the same. Has no effect with
     /// [`tracer`](Self::tracer) or without PRODUCER spans.
     ///
     /// # Examples
@@ -249,7 +253,9 @@ impl TracePropagationLayer {
     }
 
     /// Records these headers (any casing) on the PRODUCER span as
-    /// `messaging.nats.header.<lowercase name>`.
+    /// `messaging.nats.header.<lowercase name>`, on recorded spans only: they
+    /// are set once the span is started, so samplers and `tracing` output
+    /// do not see them.
     ///
     /// By default, no header is captured.
     pub fn capture_headers<I, S>(mut self, names: I) -> Self
