@@ -75,6 +75,12 @@ async fn settle_outcomes_are_client_spans_under_the_process_span() {
         assert_attribute(&settle, "messaging.operation.type", "settle");
         assert_attribute(&settle, "messaging.operation.name", operation);
         assert_attribute(&settle, "messaging.system", "nats");
+        assert_attribute(&settle, "messaging.destination.name", subject);
+        assert_eq!(
+            settle.instrumentation_scope.name(),
+            "nats-otel-tests",
+            "without `.tracer(...)`, a `tracing` span"
+        );
     }
 }
 

@@ -7,6 +7,7 @@
 mod support;
 
 use async_nats::HeaderMap;
+use futures::StreamExt;
 use nats_otel::{
     ContextExtractingConsumer, ContextExtractor, ContextSource, CorePublisher, JetStreamPublisher,
     MessageContextExt, MessageMeta, Publish, Redelivery, Requester, TraceContextStreamExt,
@@ -440,4 +441,126 @@ async fn a_shut_down_tracer_still_propagates_the_callers_context() {
         "b7ad6b7169203331",
         "the handler runs under the extracted context"
     );
+}
+
+/// Settlement spans under a context whose `process` span came from a tracer
+/// are made with that tracer too: CLIENT spans, children of the `process`
+/// span, in the tracer's instrumentation scope.
+#[tokio::test]
+async fn settle_spans_come_from_the_adapters_tracer() {
+    use nats_otel::SettleExt;
+
+    let telemetry = Telemetry::install();
+    let server = NatsServer::start();
+    let js = jetstream(&server).await;
+    let stream = jobs_stream(&js).await;
+    let consumer = durable_consumer(&stream, "worker").await;
+    let mut publisher = TracePropagationLayer::new().layer(JetStreamPublisher::new(js.clone()));
+    for subject in ["jobs.settle.a", "jobs.settle.b"] {
+        publish_in_span(
+            &mut publisher,
+            tracing::info_span!("api"),
+            Publish::new(subject, "x"),
+        )
+        .await;
+    }
+    let mut messages = consumer
+        .messages()
+        .await
+        .unwrap()
+        .with_trace_context()
+        .tracer(telemetry.tracer());
+    for kind in [
+        async_nats::jetstream::AckKind::Ack,
+        async_nats::jetstream::AckKind::Term,
+    ] {
+        let (message, cx) = next(&mut messages).await.unwrap();
+        message.settle(kind, &cx).await.unwrap();
+    }
+    drop(messages);
+
+    for (operation, subject) in [("ack", "jobs.settle.a"), ("term", "jobs.settle.b")] {
+        let settle = telemetry.span(&format!("{operation} {subject}"));
+        let process = telemetry.span(&format!("process {subject}"));
+        let publish = telemetry.span(&format!("publish {subject}"));
+        assert_eq!(
+            settle.instrumentation_scope.name(),
+            "nats-otel",
+            "made with the adapter's tracer, not through tracing"
+        );
+        assert_eq!(process.instrumentation_scope.name(), "nats-otel");
+        assert_kind(&settle, SpanKind::Client);
+        assert_child_of(&settle, &process);
+        assert_child_of(&process, &publish);
+        assert_within(&settle, &process);
+        assert_attribute(&settle, "messaging.system", "nats");
+        assert_attribute(&settle, "messaging.destination.name", subject);
+        assert_attribute(&settle, "messaging.operation.type", "settle");
+        assert_attribute(&settle, "messaging.operation.name", operation);
+        assert_eq!(settle.status, Status::Unset);
+    }
+}
+
+/// The batch `receive` span is made with the adapter's tracer too: a CLIENT
+/// root named after the stream, linked to every message's creation context.
+#[tokio::test]
+async fn receive_span_comes_from_the_adapters_tracer() {
+    let telemetry = Telemetry::install();
+    let server = NatsServer::start();
+    let js = jetstream(&server).await;
+    let stream = jobs_stream(&js).await;
+    let consumer = durable_consumer(&stream, "worker").await;
+    let mut publisher = TracePropagationLayer::new().layer(JetStreamPublisher::new(js.clone()));
+    let subjects = ["jobs.batch.1", "jobs.batch.2", "jobs.batch.3"];
+    for subject in subjects {
+        publish_in_span(
+            &mut publisher,
+            tracing::info_span!("api"),
+            Publish::new(subject, "x"),
+        )
+        .await;
+    }
+    let mut batch = consumer
+        .fetch()
+        .max_messages(3)
+        .messages()
+        .await
+        .unwrap()
+        .with_trace_context()
+        .tracer(telemetry.tracer())
+        .receive_span(true);
+    let mut seen = 0;
+    while let Some(item) = batch.next().await {
+        let (message, cx) = item.unwrap();
+        message.ack().await.unwrap();
+        drop(cx);
+        seen += 1;
+    }
+    drop(batch);
+    assert_eq!(seen, 3);
+
+    let receive = telemetry.span("receive JOBS");
+    assert_eq!(receive.instrumentation_scope.name(), "nats-otel");
+    assert_kind(&receive, SpanKind::Client);
+    assert_root(&receive);
+    assert_attribute(&receive, "messaging.system", "nats");
+    assert_attribute(&receive, "messaging.operation.type", "receive");
+    assert_attribute(&receive, "messaging.operation.name", "receive");
+    assert_attribute(&receive, "messaging.destination.name", "JOBS");
+    assert_attribute(&receive, "messaging.batch.message_count", 3i64);
+    let linked: Vec<_> = receive
+        .links
+        .iter()
+        .map(|l| (l.span_context.trace_id(), l.span_context.span_id()))
+        .collect();
+    assert_eq!(linked.len(), 3, "links: {linked:?}");
+    for subject in subjects {
+        let publish = telemetry.span(&format!("publish {subject}"));
+        let process = telemetry.span(&format!("process {subject}"));
+        assert!(
+            linked.contains(&(trace_id(&publish), span_id(&publish))),
+            "the receive span does not link {subject}'s creation context"
+        );
+        assert_child_of(&process, &publish);
+    }
 }

@@ -25,17 +25,32 @@ use crate::tracer::{operation_span_name, SpanTracer};
 struct Consumed {
     record: ExtractionRecord,
     span: Option<Span>,
+    /// The tracer that made the `process` span, when it was not a `tracing`
+    /// span: settle spans under this context are made with it too.
+    #[cfg_attr(not(feature = "jetstream"), allow(dead_code))]
+    tracer: Option<SpanTracer>,
 }
 
 impl Consumed {
     fn record(record: ExtractionRecord) -> Self {
-        Self { record, span: None }
+        Self {
+            record,
+            span: None,
+            tracer: None,
+        }
     }
 }
 
 /// A context holding only `record`: no `process` span.
 pub(crate) fn with_record(cx: Context, record: ExtractionRecord) -> Context {
     cx.with_value(Consumed::record(record))
+}
+
+/// The OpenTelemetry tracer that made the `process` span in `cx`; `None`
+/// for `tracing` spans and contexts the adapter did not yield.
+#[cfg(feature = "jetstream")]
+pub(crate) fn process_tracer(cx: &Context) -> Option<&SpanTracer> {
+    cx.get::<Consumed>().and_then(|c| c.tracer.as_ref())
 }
 
 /// Names a span from the message subject.
@@ -165,6 +180,7 @@ pub(crate) fn process_context(
     cx.with_value(Consumed {
         record,
         span: Some(span),
+        tracer: None,
     })
 }
 
@@ -252,7 +268,11 @@ where
         }
     }
     if span.span_context().is_valid() {
-        with_record(parent.with_span(span), record)
+        parent.with_span(span).with_value(Consumed {
+            record,
+            span: None,
+            tracer: Some(options.tracer.clone()),
+        })
     } else {
         // The tracer made an empty span (a provider that was shut down,
         // suppressed telemetry): hand the extracted context to the handler

@@ -4,7 +4,9 @@ use std::sync::Arc;
 use std::task::{ready, Context as TaskContext, Poll};
 
 use futures::future::BoxFuture;
-use opentelemetry::trace::TraceContextExt;
+use opentelemetry::global::BoxedSpan;
+use opentelemetry::trace::{Span as OtelSpan, SpanBuilder, SpanContext, SpanKind, TraceContextExt};
+use opentelemetry::KeyValue;
 use opentelemetry_semantic_conventions::attribute as semconv;
 use tracing::Span;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
@@ -150,7 +152,11 @@ impl ContextExtractor {
     /// SDK's spans end when dropped, so the span still ends with the last
     /// clone of the context. As with `tracing` spans, the sampler sees the
     /// attributes the messaging conventions mark for sampling; the rest, the
-    /// extraction record's included, are set only on recorded spans.
+    /// extraction record's included, are set only on recorded spans. The
+    /// adapter's batch `receive` span
+    /// ([`receive_span`](ContextExtractingConsumer::receive_span)) and the
+    /// settlement spans under the yielded context
+    /// ([`SettleExt`](crate::SettleExt)) are made with the same tracer.
     ///
     /// Pass the tracer of the provider your tracing-opentelemetry layer
     /// uses, or `opentelemetry::global::tracer("nats-otel")` when that
@@ -482,35 +488,119 @@ pin_project! {
 
 /// The optional CLIENT `receive` span over a whole batch.
 struct ReceiveSpan {
-    span: Span,
-    started: bool,
+    span: ReceiveHandle,
     named: bool,
     messages: i64,
 }
 
+/// The `receive` span itself: not started yet, a `tracing` span, or one
+/// made by the adapter's OpenTelemetry tracer.
+enum ReceiveHandle {
+    NotStarted,
+    Tracing(Span),
+    Sdk(Box<opentelemetry_sdk::trace::Span>),
+    Boxed(BoxedSpan),
+}
+
 impl ReceiveSpan {
+    fn new() -> Self {
+        Self {
+            span: ReceiveHandle::NotStarted,
+            named: false,
+            messages: 0,
+        }
+    }
+
+    /// Starts the span (a root) the first time the adapter is polled.
+    fn start_once(&mut self, tracer: &SpanTracer) {
+        if !matches!(self.span, ReceiveHandle::NotStarted) {
+            return;
+        }
+        self.span = match tracer {
+            SpanTracer::Tracing => ReceiveHandle::Tracing(tracing::info_span!(
+                target: "nats_otel",
+                parent: None,
+                "receive",
+                otel.name = "receive",
+                otel.kind = "client",
+                { semconv::MESSAGING_SYSTEM } = "nats",
+                { semconv::MESSAGING_OPERATION_TYPE } = "receive",
+                { semconv::MESSAGING_OPERATION_NAME } = "receive",
+            )),
+            SpanTracer::Sdk(tracer) => ReceiveHandle::Sdk(Box::new(receive_tracer_span(tracer))),
+            SpanTracer::Boxed(tracer) => ReceiveHandle::Boxed(receive_tracer_span(tracer.as_ref())),
+        };
+    }
+
     /// Links the message's creation context and names the span after the
     /// first message's stream (or subject).
     fn link(&mut self, meta: &MessageMeta<'_>, remote: &Context) {
+        fn otel<S: OtelSpan>(span: &mut S, name: Option<(String, String)>, creation: SpanContext) {
+            if let Some((name, destination)) = name {
+                span.update_name(name);
+                span.set_attribute(KeyValue::new(
+                    semconv::MESSAGING_DESTINATION_NAME,
+                    destination,
+                ));
+            }
+            if creation.is_valid() {
+                span.add_link(creation, Vec::new());
+            }
+        }
         self.messages += 1;
-        if !self.named {
+        let name = (!self.named).then(|| {
             self.named = true;
             let destination = meta.jetstream.map_or(meta.subject, |js| js.stream);
-            self.span
-                .record("otel.name", format!("receive {destination}").as_str());
-            self.span
-                .set_attribute(semconv::MESSAGING_DESTINATION_NAME, destination.to_owned());
-        }
+            (format!("receive {destination}"), destination.to_owned())
+        });
         let creation = remote.span().span_context().clone();
-        if creation.is_valid() {
-            self.span.add_link(creation);
+        match &mut self.span {
+            ReceiveHandle::NotStarted => {}
+            ReceiveHandle::Tracing(span) => {
+                if let Some((name, destination)) = name {
+                    span.record("otel.name", name.as_str());
+                    span.set_attribute(semconv::MESSAGING_DESTINATION_NAME, destination);
+                }
+                if creation.is_valid() {
+                    span.add_link(creation);
+                }
+            }
+            ReceiveHandle::Sdk(span) => otel(span.as_mut(), name, creation),
+            ReceiveHandle::Boxed(span) => otel(span, name, creation),
         }
     }
 
     fn end(self) {
-        self.span
-            .set_attribute(semconv::MESSAGING_BATCH_MESSAGE_COUNT, self.messages);
+        let count = KeyValue::new(semconv::MESSAGING_BATCH_MESSAGE_COUNT, self.messages);
+        match self.span {
+            ReceiveHandle::NotStarted => {}
+            // Ends when dropped, here.
+            ReceiveHandle::Tracing(span) => span.set_attribute(count.key, count.value),
+            ReceiveHandle::Sdk(mut span) => {
+                span.set_attribute(count);
+                span.end();
+            }
+            ReceiveHandle::Boxed(mut span) => {
+                span.set_attribute(count);
+                span.end();
+            }
+        }
     }
+}
+
+/// A `receive` span made with an OpenTelemetry tracer: a root, its
+/// sampling-relevant attributes given at creation.
+fn receive_tracer_span<T: Tracer>(tracer: &T) -> T::Span {
+    tracer.build_with_context(
+        SpanBuilder::from_name("receive")
+            .with_kind(SpanKind::Client)
+            .with_attributes([
+                KeyValue::new(semconv::MESSAGING_SYSTEM, "nats"),
+                KeyValue::new(semconv::MESSAGING_OPERATION_TYPE, "receive"),
+                KeyValue::new(semconv::MESSAGING_OPERATION_NAME, "receive"),
+            ]),
+        &Context::new(),
+    )
 }
 
 /// A message waiting for its KV lookup.
@@ -552,6 +642,8 @@ impl<S: Stream> ContextExtractingConsumer<S> {
     /// Each message's `process` span keeps the creation context as its
     /// parent (semantic conventions' batch receive with links).
     ///
+    /// With [`tracer`](Self::tracer), the span is made with that tracer.
+    ///
     /// By default, there is no receive span.
     ///
     /// # Examples
@@ -577,12 +669,7 @@ impl<S: Stream> ContextExtractingConsumer<S> {
     /// # }
     /// ```
     pub fn receive_span(mut self, enabled: bool) -> Self {
-        self.receive = enabled.then(|| ReceiveSpan {
-            span: Span::none(),
-            started: false,
-            named: false,
-            messages: 0,
-        });
+        self.receive = enabled.then(ReceiveSpan::new);
         self
     }
 
@@ -655,24 +742,8 @@ where
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Option<Self::Item>> {
         let mut this = self.project();
-        if let Some(receive) = this.receive.as_mut().filter(|r| !r.started) {
-            receive.started = true;
-            receive.span = tracing::info_span!(
-                target: "nats_otel",
-                parent: None,
-                "receive",
-                otel.name = "receive",
-                otel.kind = "client",
-            );
-            receive
-                .span
-                .set_attribute(semconv::MESSAGING_SYSTEM, "nats");
-            receive
-                .span
-                .set_attribute(semconv::MESSAGING_OPERATION_TYPE, "receive");
-            receive
-                .span
-                .set_attribute(semconv::MESSAGING_OPERATION_NAME, "receive");
+        if let Some(receive) = this.receive.as_mut() {
+            receive.start_once(&this.extractor.process.tracer);
         }
         if let Some(pending) = this.pending.as_mut() {
             let (remote, record) = ready!(pending.lookup.as_mut().poll(cx));
