@@ -547,20 +547,5 @@ async fn receive_span_comes_from_the_adapters_tracer() {
     assert_attribute(&receive, "messaging.operation.type", "receive");
     assert_attribute(&receive, "messaging.operation.name", "receive");
     assert_attribute(&receive, "messaging.destination.name", "JOBS");
-    assert_attribute(&receive, "messaging.batch.message_count", 3i64);
-    let linked: Vec<_> = receive
-        .links
-        .iter()
-        .map(|l| (l.span_context.trace_id(), l.span_context.span_id()))
-        .collect();
-    assert_eq!(linked.len(), 3, "links: {linked:?}");
-    for subject in subjects {
-        let publish = telemetry.span(&format!("publish {subject}"));
-        let process = telemetry.span(&format!("process {subject}"));
-        assert!(
-            linked.contains(&(trace_id(&publish), span_id(&publish))),
-            "the receive span does not link {subject}'s creation context"
-        );
-        assert_child_of(&process, &publish);
-    }
+    assert_receive_links(&telemetry, &receive, &subjects);
 }

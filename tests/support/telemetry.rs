@@ -188,6 +188,33 @@ pub fn assert_root(span: &SpanData) {
     );
 }
 
+/// Asserts that the batch `receive` span links exactly the creation
+/// (PRODUCER) contexts of the messages sent to `subjects`, and that each
+/// message's `process` span keeps its own creation context as its parent.
+#[track_caller]
+pub fn assert_receive_links(telemetry: &Telemetry, receive: &SpanData, subjects: &[&str]) {
+    assert_attribute(
+        receive,
+        "messaging.batch.message_count",
+        subjects.len() as i64,
+    );
+    let linked: Vec<_> = receive
+        .links
+        .iter()
+        .map(|l| (l.span_context.trace_id(), l.span_context.span_id()))
+        .collect();
+    assert_eq!(linked.len(), subjects.len(), "links: {linked:?}");
+    for subject in subjects {
+        let publish = telemetry.span(&format!("publish {subject}"));
+        let process = telemetry.span(&format!("process {subject}"));
+        assert!(
+            linked.contains(&(trace_id(&publish), span_id(&publish))),
+            "the receive span does not link {subject}'s creation context"
+        );
+        assert_child_of(&process, &publish);
+    }
+}
+
 /// The OpenTelemetry SDK with an in-memory exporter, but a `tracing`
 /// subscriber WITHOUT the OpenTelemetry layer: for code that uses
 /// OpenTelemetry directly (`Context::current()`), not through `tracing`.
