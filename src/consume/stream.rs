@@ -155,8 +155,8 @@ impl ContextExtractor {
     /// extraction record's included, are set only on recorded spans. The
     /// adapter's batch `receive` span
     /// ([`receive_span`](ContextExtractingConsumer::receive_span)) and the
-    /// settlement spans under the yielded context
-    /// ([`SettleExt`](crate::SettleExt)) are made with the same tracer.
+    /// settlement spans under the yielded context (`SettleExt::settle`,
+    /// feature `jetstream`) are made with the same tracer.
     ///
     /// Pass the tracer of the provider your tracing-opentelemetry layer
     /// uses, or `opentelemetry::global::tracer("nats-otel")` when that

@@ -171,10 +171,11 @@ impl TracePropagationLayer {
     /// inner service cannot be run inside the span
     /// ([`instrument_inner`](Self::instrument_inner) has no effect), so
     /// spans made by layers below this one stay its siblings even with
-    /// [`fallback`](Self::fallback), and what the KV fallback records about
-    /// a failed best-effort write goes to the caller's span. As with `tracing` spans, the sampler sees the
-    /// attributes the messaging conventions mark for sampling (system,
-    /// destination, operation), the rest being set only on recorded spans.
+    /// `fallback(..)`, and what the KV fallback records about a failed
+    /// best-effort write goes to the caller's span. As with `tracing` spans,
+    /// the sampler sees the attributes the messaging conventions mark for
+    /// sampling (system, destination, operation), the rest being set only on
+    /// recorded spans.
     /// A tracer that makes an empty span (its provider shut down) leaves the
     /// caller's context to be injected as it is.
     ///
@@ -214,14 +215,13 @@ impl TracePropagationLayer {
     /// enter; a call and one poll make two per message. Turn it on when
     /// your own layers below this one log or trace.
     ///
-    /// By default, the span is not entered, except that
-    /// [`fallback`](Self::fallback) turns this on unless it was set
-    /// explicitly before (`fallback` returns the stacked layer, so set this
-    /// first), so that what the fallback records about a failed best-effort
-    /// write lands on the PRODUCER span. A
-    /// [`KvFallbackLayer`](crate::KvFallbackLayer) stacked by hand needs
-    /// this set to `true` for the same. Has no effect with
-    /// [`tracer`](Self::tracer) or without PRODUCER spans.
+    /// By default, the span is not entered, except that `fallback(..)`
+    /// (feature `kv`) turns this on unless it was set explicitly before
+    /// (`fallback` returns the stacked layer, so set this first), so that
+    /// what the fallback records about a failed best-effort write lands on
+    /// the PRODUCER span. A `KvFallbackLayer` stacked by hand needs this set
+    /// to `true` for the same. Has no effect with [`tracer`](Self::tracer)
+    /// or without PRODUCER spans.
     ///
     /// # Examples
     ///

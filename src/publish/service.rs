@@ -32,8 +32,8 @@ const NATS_MSG_ID: &str = "Nats-Msg-Id";
 /// 4. calls the inner service and ends the span when the inner future
 ///    completes, marking it as an error if it failed. The inner service is
 ///    called and polled inside the span only with
-///    [`TracePropagationLayer::instrument_inner`] (or a
-///    [`fallback`](TracePropagationLayer::fallback)).
+///    [`TracePropagationLayer::instrument_inner`] (or a KV fallback added
+///    with `fallback(..)`).
 ///
 /// With [`TracePropagationLayer::tracer`], step 1 takes the current
 /// OpenTelemetry context before the `tracing` span's, the span is made with
