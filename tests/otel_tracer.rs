@@ -452,18 +452,7 @@ async fn settle_spans_come_from_the_adapters_tracer() {
 
     let telemetry = Telemetry::install();
     let server = NatsServer::start();
-    let js = jetstream(&server).await;
-    let stream = jobs_stream(&js).await;
-    let consumer = durable_consumer(&stream, "worker").await;
-    let mut publisher = TracePropagationLayer::new().layer(JetStreamPublisher::new(js.clone()));
-    for subject in ["jobs.settle.a", "jobs.settle.b"] {
-        publish_in_span(
-            &mut publisher,
-            tracing::info_span!("api"),
-            Publish::new(subject, "x"),
-        )
-        .await;
-    }
+    let consumer = published_jobs(&server, &["jobs.settle.a", "jobs.settle.b"]).await;
     let mut messages = consumer
         .messages()
         .await
@@ -507,19 +496,8 @@ async fn settle_spans_come_from_the_adapters_tracer() {
 async fn receive_span_comes_from_the_adapters_tracer() {
     let telemetry = Telemetry::install();
     let server = NatsServer::start();
-    let js = jetstream(&server).await;
-    let stream = jobs_stream(&js).await;
-    let consumer = durable_consumer(&stream, "worker").await;
-    let mut publisher = TracePropagationLayer::new().layer(JetStreamPublisher::new(js.clone()));
     let subjects = ["jobs.batch.1", "jobs.batch.2", "jobs.batch.3"];
-    for subject in subjects {
-        publish_in_span(
-            &mut publisher,
-            tracing::info_span!("api"),
-            Publish::new(subject, "x"),
-        )
-        .await;
-    }
+    let consumer = published_jobs(&server, &subjects).await;
     let mut batch = consumer
         .fetch()
         .max_messages(3)

@@ -74,6 +74,26 @@ pub async fn durable_consumer(stream: &stream::Stream, name: &str) -> PullConsum
         .unwrap()
 }
 
+#[cfg(feature = "jetstream")]
+/// Publishes one message to each of `subjects` through a default
+/// propagation layer, each inside an `api` span, into a fresh `JOBS` stream,
+/// and returns the durable consumer `worker` that reads them.
+pub async fn published_jobs(server: &NatsServer, subjects: &[&str]) -> PullConsumer {
+    let js = jetstream(server).await;
+    let stream = jobs_stream(&js).await;
+    let consumer = durable_consumer(&stream, "worker").await;
+    let mut publisher = TracePropagationLayer::new().layer(nats_otel::JetStreamPublisher::new(js));
+    for subject in subjects {
+        publish_in_span(
+            &mut publisher,
+            tracing::info_span!("api"),
+            Publish::new(subject.to_string(), "x"),
+        )
+        .await;
+    }
+    consumer
+}
+
 /// Waits until the server has processed everything `client` sent before
 /// (its SUBs included), failing the test after [`WAIT`].
 ///
