@@ -32,6 +32,120 @@ use crate::w3c::{
 const TRACEPARENT_NAME: HeaderName = HeaderName::from_static(TRACEPARENT);
 const TRACESTATE_NAME: HeaderName = HeaderName::from_static(TRACESTATE);
 const BAGGAGE_NAME: HeaderName = HeaderName::from_static(BAGGAGE);
+/// The W3C names in the canonical MIME form Go's `net/http` gives them.
+const TRACEPARENT_CANONICAL: HeaderName = HeaderName::from_static("Traceparent");
+const TRACESTATE_CANONICAL: HeaderName = HeaderName::from_static("Tracestate");
+const BAGGAGE_CANONICAL: HeaderName = HeaderName::from_static("Baggage");
+
+/// The names the trace headers are written under.
+///
+/// NATS header names are case-sensitive, and the peers a message reaches
+/// read different casings:
+///
+/// | reader | reads |
+/// |---|---|
+/// | OpenTelemetry Go, `propagation.HeaderCarrier(http.Header(msg.Header))` | `Traceparent` only |
+/// | opentelemetry-python over a header `dict`, nats.js `MsgHdrs.get`, `HeaderMap::get("traceparent")` | `traceparent` only |
+/// | nats-otel ([`HeaderExtractor`]) | any casing |
+///
+/// Writing both makes every one of them continue the trace, for about 70
+/// more bytes per message (see the README's "Header names").
+///
+/// Applies to every field the propagator writes (`traceparent`,
+/// `tracestate`, `baggage`, and the fields of a custom propagator). Our own
+/// extractor reads the same value under two names as one; two different
+/// values stay ambiguous.
+///
+/// # Examples
+///
+/// ```
+/// use async_nats::HeaderMap;
+/// use nats_otel::{HeaderInjector, HeaderNames};
+/// use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState};
+/// use opentelemetry::Context;
+///
+/// let cx = Context::new().with_remote_span_context(SpanContext::new(
+///     TraceId::from(0x0af7651916cd43dd8448eb211c80319c),
+///     SpanId::from(0xb7ad6b7169203331),
+///     TraceFlags::SAMPLED,
+///     false,
+///     TraceState::NONE,
+/// ));
+/// let mut headers = HeaderMap::new();
+/// HeaderInjector::new(&mut headers).inject_context(&cx);
+/// // By default, both: Go reads the first, Python and JavaScript the second.
+/// assert!(headers.get("Traceparent").is_some());
+/// assert!(headers.get("traceparent").is_some());
+///
+/// let mut headers = HeaderMap::new();
+/// HeaderInjector::new(&mut headers)
+///     .header_names(HeaderNames::Lowercase)
+///     .inject_context(&cx);
+/// assert!(headers.get("Traceparent").is_none());
+/// ```
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum HeaderNames {
+    /// The W3C names: `traceparent`, `tracestate`, `baggage`. Read by
+    /// OpenTelemetry for Python, JavaScript, Java, .NET and Rust; missed by
+    /// OpenTelemetry Go's `HeaderCarrier`.
+    Lowercase,
+    /// The canonical MIME names Go's `net/http` uses: `Traceparent`,
+    /// `Tracestate`, `Baggage` (each `-`-separated word capitalised). Read by
+    /// OpenTelemetry Go; missed by readers that match the W3C name exactly.
+    Canonical,
+    /// Both names, with the same value. Every reader above continues the
+    /// trace. The default.
+    #[default]
+    Both,
+}
+
+impl HeaderNames {
+    /// Whether the canonical MIME name is written.
+    fn canonical(self) -> bool {
+        matches!(self, Self::Canonical | Self::Both)
+    }
+
+    /// A stable lowercase name for logs and configuration: `lowercase`,
+    /// `canonical` or `both`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// assert_eq!(nats_otel::HeaderNames::default().as_str(), "both");
+    /// ```
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Lowercase => "lowercase",
+            Self::Canonical => "canonical",
+            Self::Both => "both",
+        }
+    }
+}
+
+impl fmt::Display for HeaderNames {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// `name` in canonical MIME form: the first letter and each letter after a
+/// `-` in uppercase, the rest in lowercase (Go's
+/// `textproto.CanonicalMIMEHeaderKey`).
+fn canonical_mime(name: &str) -> String {
+    let mut upper = true;
+    name.chars()
+        .map(|c| {
+            let out = if upper {
+                c.to_ascii_uppercase()
+            } else {
+                c.to_ascii_lowercase()
+            };
+            upper = c == '-';
+            out
+        })
+        .collect()
+}
 
 /// Reads propagation fields from NATS headers, whatever their casing.
 ///
@@ -331,9 +445,11 @@ impl fmt::Display for InjectSkip {
 
 /// Writes propagation fields into NATS headers without ever panicking.
 ///
-/// Names are written in lowercase (`traceparent`, `tracestate`, `baggage`),
-/// as W3C specifies. A field whose name or value NATS cannot carry is
-/// skipped and recorded in [`skipped`](Self::skipped).
+/// Names are written as [`HeaderNames`] says: by default both in lowercase
+/// (`traceparent`, as W3C specifies) and in Go's canonical form
+/// (`Traceparent`), so that every peer finds them. A field whose name or
+/// value NATS cannot carry is skipped and recorded in
+/// [`skipped`](Self::skipped).
 ///
 /// # Examples
 ///
@@ -345,10 +461,12 @@ impl fmt::Display for InjectSkip {
 /// let mut headers = HeaderMap::new();
 /// HeaderInjector::new(&mut headers).set("TraceParent", "00-…".to_string());
 /// assert!(headers.get("traceparent").is_some());
+/// assert!(headers.get("Traceparent").is_some());
 /// ```
 #[derive(Debug)]
 pub struct HeaderInjector<'a> {
     headers: &'a mut HeaderMap,
+    names: HeaderNames,
     skipped: Vec<InjectSkip>,
 }
 
@@ -357,8 +475,17 @@ impl<'a> HeaderInjector<'a> {
     pub fn new(headers: &'a mut HeaderMap) -> Self {
         Self {
             headers,
+            names: HeaderNames::default(),
             skipped: Vec::new(),
         }
+    }
+
+    /// Writes each field under these names.
+    ///
+    /// By default, [`HeaderNames::Both`]: lowercase and Go's canonical form.
+    pub fn header_names(mut self, names: HeaderNames) -> Self {
+        self.names = names;
+        self
     }
 
     /// The fields that could not be written, with the reason.
@@ -416,16 +543,32 @@ impl<'a> HeaderInjector<'a> {
     pub(crate) fn inject_w3c_span(&mut self, sc: &SpanContext, baggage_cx: &Context) {
         if sc.is_valid() {
             let traceparent = traceparent_string(sc.trace_id(), sc.span_id(), sc.trace_flags());
-            self.headers
-                .insert(TRACEPARENT_NAME, checked_header_value(traceparent));
+            self.insert_named(
+                TRACEPARENT_NAME,
+                TRACEPARENT_CANONICAL,
+                checked_header_value(traceparent),
+            );
             if let Some((value, dropped)) = tracestate_value(sc.trace_state()) {
                 self.note_dropped(TRACESTATE, dropped);
-                self.insert_checked(TRACESTATE_NAME, TRACESTATE, value);
+                self.insert_checked(TRACESTATE_NAME, TRACESTATE_CANONICAL, TRACESTATE, value);
             }
         }
         if let Some((value, dropped)) = baggage_value(baggage_cx) {
             self.note_dropped(BAGGAGE, dropped);
-            self.insert_checked(BAGGAGE_NAME, BAGGAGE, value);
+            self.insert_checked(BAGGAGE_NAME, BAGGAGE_CANONICAL, BAGGAGE, value);
+        }
+    }
+
+    /// Inserts `value` under `lower`, `canonical` or both, as the
+    /// [`HeaderNames`] policy says.
+    fn insert_named(&mut self, lower: HeaderName, canonical: HeaderName, value: HeaderValue) {
+        match self.names {
+            HeaderNames::Lowercase => self.headers.insert(lower, value),
+            HeaderNames::Canonical => self.headers.insert(canonical, value),
+            HeaderNames::Both => {
+                self.headers.insert(canonical, value.clone());
+                self.headers.insert(lower, value);
+            }
         }
     }
 
@@ -438,25 +581,52 @@ impl<'a> HeaderInjector<'a> {
         }
     }
 
-    fn insert_checked(&mut self, name: HeaderName, key: &str, value: String) {
+    fn insert_checked(
+        &mut self,
+        lower: HeaderName,
+        canonical: HeaderName,
+        key: &str,
+        value: String,
+    ) {
         if has_cr_or_lf(&value) {
             self.skipped.push(InjectSkip::InvalidValue {
                 name: key.to_owned(),
             });
             return;
         }
-        self.headers.insert(name, checked_header_value(value));
+        self.insert_named(lower, canonical, checked_header_value(value));
+    }
+
+    /// The lowercase and the canonical name of the field `key`, or `None`
+    /// when `key` is not a valid NATS header name.
+    fn field_names(&self, key: &str) -> Option<(HeaderName, HeaderName)> {
+        if let Some(names) = w3c_names(key) {
+            return Some(names);
+        }
+        let lower = if key.bytes().any(|b| b.is_ascii_uppercase()) {
+            key.to_ascii_lowercase().parse::<HeaderName>()
+        } else {
+            key.parse::<HeaderName>()
+        }
+        .ok()?;
+        // Only parsed when written: a valid lowercase name stays valid.
+        let canonical = if self.names.canonical() {
+            canonical_mime(key).parse::<HeaderName>().ok()?
+        } else {
+            lower.clone()
+        };
+        Some((lower, canonical))
     }
 }
 
-/// The W3C header names, without allocating.
-fn w3c_name(key: &str) -> Option<HeaderName> {
+/// The W3C header names, lowercase and canonical, without allocating.
+fn w3c_names(key: &str) -> Option<(HeaderName, HeaderName)> {
     if key.eq_ignore_ascii_case(TRACEPARENT) {
-        Some(TRACEPARENT_NAME)
+        Some((TRACEPARENT_NAME, TRACEPARENT_CANONICAL))
     } else if key.eq_ignore_ascii_case(TRACESTATE) {
-        Some(TRACESTATE_NAME)
+        Some((TRACESTATE_NAME, TRACESTATE_CANONICAL))
     } else if key.eq_ignore_ascii_case(BAGGAGE) {
-        Some(BAGGAGE_NAME)
+        Some((BAGGAGE_NAME, BAGGAGE_CANONICAL))
     } else {
         None
     }
@@ -507,14 +677,7 @@ fn limit_list(value: String, max_members: usize, max_len: usize) -> (String, usi
 
 impl Injector for HeaderInjector<'_> {
     fn set(&mut self, key: &str, value: String) {
-        let parsed = if let Some(name) = w3c_name(key) {
-            Ok(name)
-        } else if key.bytes().any(|b| b.is_ascii_uppercase()) {
-            key.to_ascii_lowercase().parse::<HeaderName>()
-        } else {
-            key.parse::<HeaderName>()
-        };
-        let Ok(name) = parsed else {
+        let Some((lower, canonical)) = self.field_names(key) else {
             self.skipped.push(InjectSkip::InvalidName {
                 name: key.to_owned(),
             });
@@ -542,7 +705,13 @@ impl Injector for HeaderInjector<'_> {
             return;
         }
         // Checked above; this moves the string instead of copying it.
-        self.headers.insert(name, checked_header_value(value));
+        let value = checked_header_value(value);
+        if lower == canonical {
+            // A name without letters to capitalise: one header either way.
+            self.headers.insert(lower, value);
+        } else {
+            self.insert_named(lower, canonical, value);
+        }
     }
 }
 

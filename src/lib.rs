@@ -75,7 +75,7 @@ mod trace_carrier;
 mod tracer;
 mod w3c;
 
-pub use carrier::{HeaderExtractor, HeaderInjector, InjectSkip};
+pub use carrier::{HeaderExtractor, HeaderInjector, HeaderNames, InjectSkip};
 pub use consume::{
     ConsumerItem, ContextExtractingConsumer, ContextExtractor, HandlerSpanError, JetStreamMeta,
     MessageContextExt, MessageMeta, Redelivery, TraceContextStreamExt,

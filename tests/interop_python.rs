@@ -9,12 +9,7 @@
 
 mod support;
 
-use std::path::PathBuf;
-use std::process::Stdio;
-use std::time::Duration;
-
 use async_nats::HeaderMap;
-use futures::{Stream, StreamExt};
 use nats_otel::{
     ContextSource, CorePublisher, MessageContextExt, Publish, TraceContextStreamExt,
     TracePropagationLayer,
@@ -22,88 +17,18 @@ use nats_otel::{
 use opentelemetry::baggage::BaggageExt;
 use opentelemetry::trace::{SpanId, TraceContextExt, TraceId};
 use opentelemetry::{KeyValue, StringValue};
-use serde_json::Value;
 use support::nats::*;
+use support::peers::{str_field, Lang, Peer};
 use support::server::NatsServer;
 use support::telemetry::*;
-use tokio::io::{AsyncBufReadExt, BufReader, Lines};
-use tokio::process::{Child, ChildStdout, Command};
 use tower::Layer;
 use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
-
-const PEER_PYTHON_ENV: &str = "NATS_OTEL_PEER_PYTHON";
-const WAIT: Duration = Duration::from_secs(30);
 
 /// "ключ" ("key" in Russian), as opentelemetry-python percent-encodes it.
 const KLYUCH: &str = "ключ";
 const KLYUCH_ENCODED: &str = "%D0%BA%D0%BB%D1%8E%D1%87";
 const TRACESTATE: &str = "rojo=00f067aa0ba902b7,congo=t61rcWkgMzE";
-
-/// The venv's python, or a failure telling how to get one.
-fn peer_python() -> PathBuf {
-    let Some(path) = std::env::var_os(PEER_PYTHON_ENV).filter(|v| !v.is_empty()) else {
-        panic!(
-            "{PEER_PYTHON_ENV} is not set. The Python peers (nats-py, opentelemetry-sdk) are \
-             installed by the test command: run `cargo xtask test` (or `cargo xtask \
-             install-peers` and set {PEER_PYTHON_ENV} to the path it prints)"
-        );
-    };
-    let path = PathBuf::from(path);
-    assert!(
-        path.is_file(),
-        "{PEER_PYTHON_ENV}={} does not exist; run `cargo xtask test`, which recreates \
-         target/peers-venv",
-        path.display()
-    );
-    path
-}
-
-fn peer(args: &[&str]) -> (Child, Lines<BufReader<ChildStdout>>) {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/peers/peer.py");
-    let mut child = Command::new(peer_python())
-        .arg(script)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("start the Python peer");
-    let stdout = child.stdout.take().expect("piped stdout");
-    (child, BufReader::new(stdout).lines())
-}
-
-/// The peer's next JSON line.
-async fn json_line(lines: &mut Lines<BufReader<ChildStdout>>) -> Value {
-    let line = tokio::time::timeout(WAIT, lines.next_line())
-        .await
-        .expect("the Python peer printed nothing within 30 s")
-        .expect("read the Python peer's output")
-        .expect("the Python peer exited without printing its result (see its stderr above)");
-    serde_json::from_str(&line).unwrap_or_else(|e| panic!("peer printed {line:?}: {e}"))
-}
-
-async fn exits_ok(mut child: Child) {
-    let status = tokio::time::timeout(WAIT, child.wait())
-        .await
-        .expect("the Python peer did not exit")
-        .unwrap();
-    assert!(status.success(), "the Python peer failed: {status}");
-}
-
-async fn next<S: Stream + Unpin>(stream: &mut S) -> S::Item {
-    tokio::time::timeout(WAIT, stream.next())
-        .await
-        .expect("no message within 30 s: lost?")
-        .expect("the subscription ended")
-}
-
-fn str_field<'a>(doc: &'a Value, key: &str) -> &'a str {
-    doc[key]
-        .as_str()
-        .unwrap_or_else(|| panic!("{key} missing in {doc}"))
-}
 
 fn header<'a>(headers: &'a HeaderMap, name: &str) -> &'a str {
     headers
@@ -129,29 +54,32 @@ async fn python_producer_to_rust_consumer(casing: &str, names: [&str; 3]) {
     server_round_trip(&client).await;
 
     let user = format!("user={KLYUCH}");
-    let (child, mut out) = peer(&[
-        "produce",
-        "--url",
-        &server.url(),
-        "--subject",
-        &subject,
-        "--casing",
-        casing,
-        "--tracestate",
-        TRACESTATE,
-        "--baggage",
-        &user,
-        "--baggage",
-        "tenant=acme",
-    ]);
-    let produced = json_line(&mut out).await;
-    exits_ok(child).await;
+    let mut peer = Peer::spawn(
+        Lang::Python,
+        [
+            "produce",
+            "--url",
+            &server.url(),
+            "--subject",
+            &subject,
+            "--casing",
+            casing,
+            "--tracestate",
+            TRACESTATE,
+            "--baggage",
+            &user,
+            "--baggage",
+            "tenant=acme",
+        ],
+    );
+    let produced = peer.json().await;
+    peer.exits_ok().await;
     let python_trace = TraceId::from_hex(str_field(&produced, "trace_id")).unwrap();
     let python_span = SpanId::from_hex(str_field(&produced, "span_id")).unwrap();
     assert_ne!(python_trace, TraceId::INVALID);
 
     let (message, cx) = next(&mut jobs).await;
-    assert_eq!(&message.payload[..], b"from python");
+    assert_eq!(&message.payload[..], b"msg-0");
     // What travelled: the peer's own propagators, under the peer's names.
     let sent = message.headers.as_ref().expect("headers arrived");
     assert_eq!(
@@ -229,9 +157,11 @@ async fn rust_producer_to_python_consumer_keeps_trace_and_parent() {
     let client = connect(&server).await;
     let subject = "interop.rust.to.py";
 
-    let (child, mut out) = peer(&["consume", "--url", &server.url(), "--subject", subject]);
-    let ready = json_line(&mut out).await;
-    assert_eq!(ready["ready"], true, "{ready}");
+    let mut peer = Peer::spawn(
+        Lang::Python,
+        ["consume", "--url", &server.url(), "--subject", subject],
+    );
+    peer.ready().await;
 
     let mut publisher = TracePropagationLayer::new().layer(CorePublisher::new(client.clone()));
     let api = tracing::info_span!("api");
@@ -250,8 +180,8 @@ async fn rust_producer_to_python_consumer_keeps_trace_and_parent() {
     drop(api);
     server_round_trip(&client).await;
 
-    let consumed = json_line(&mut out).await;
-    exits_ok(child).await;
+    let consumed = peer.json().await;
+    peer.exits_ok().await;
 
     let send = telemetry.span(&format!("publish {subject}"));
     let api = telemetry.span("api");

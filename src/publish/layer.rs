@@ -6,6 +6,7 @@ use opentelemetry::trace::Tracer;
 use tower_layer::Layer;
 
 use super::service::TracePropagation;
+use crate::carrier::HeaderNames;
 use crate::consume::span::SpanNameFn;
 use crate::filter::SubjectFilter;
 use crate::metrics::Metrics;
@@ -92,6 +93,7 @@ pub struct TracePropagationLayer {
     pub(crate) metrics: Metrics,
     pub(crate) tracer: SpanTracer,
     pub(crate) instrument_inner: Option<bool>,
+    pub(crate) header_names: HeaderNames,
 }
 
 impl fmt::Debug for TracePropagationLayer {
@@ -104,6 +106,7 @@ impl fmt::Debug for TracePropagationLayer {
             .field("capture_headers", &self.capture_headers)
             .field("tracer", &self.tracer)
             .field("instrument_inner", &self.instrument_inner)
+            .field("header_names", &self.header_names)
             .finish()
     }
 }
@@ -123,6 +126,30 @@ impl TracePropagationLayer {
         P: TextMapPropagator + Send + Sync + 'static,
     {
         self.propagator = PropagatorChoice::custom(propagator);
+        self
+    }
+
+    /// The names the trace headers are written under.
+    ///
+    /// By default, [`HeaderNames::Both`](crate::HeaderNames::Both): every
+    /// field twice, as `traceparent` (read by OpenTelemetry for Python,
+    /// JavaScript, Java, .NET and Rust) and as `Traceparent` (read by
+    /// OpenTelemetry Go's `HeaderCarrier`), so that consumers in every
+    /// language continue the trace with no configuration. That costs about
+    /// 70 bytes per message (more with `tracestate` and `baggage`); choose
+    /// [`HeaderNames::Lowercase`](crate::HeaderNames::Lowercase) when no Go
+    /// consumer reads your messages.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use nats_otel::{HeaderNames, TracePropagationLayer};
+    ///
+    /// // Only Rust, Python and JavaScript consumers: the W3C names alone.
+    /// let layer = TracePropagationLayer::new().header_names(HeaderNames::Lowercase);
+    /// ```
+    pub fn header_names(mut self, names: HeaderNames) -> Self {
+        self.header_names = names;
         self
     }
 

