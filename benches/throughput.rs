@@ -22,7 +22,7 @@
 //! | `NATS_OTEL_BENCH_PAYLOAD` | 128 | payload bytes |
 //! | `NATS_OTEL_BENCH_STORAGE` | `file` | storage of the benchmark's streams and KV bucket, `file` (JetStream's default) or `memory` |
 //! | `NATS_OTEL_BENCH_WORKERS` | 0 | worker threads of the client's runtime; 0 runs everything, the client's connection task included, on one thread (every nanosecond the layer adds shows); with workers, the connection task runs beside the publishing loop |
-//! | `NATS_OTEL_BENCH_ONLY` | (all) | comma-separated subset: `core`, `core_sampled`, `core_tracer`, `core_tracer_sampled`, `core_nospans`, `js`, `js_tracer`, `consume`, `consume_tracer`, `kv`, `rss` |
+//! | `NATS_OTEL_BENCH_ONLY` | (all) | comma-separated subset: `core`, `core_sampled`, `core_tracer`, `core_tracer_sampled`, `core_nospans`, `core_names`, `js`, `js_tracer`, `consume`, `consume_tracer`, `kv`, `rss` |
 //!
 //! Under `cargo test --benches` (no `--bench` argument) it does nothing.
 
@@ -42,8 +42,9 @@ use bytes::Bytes;
 use futures::stream::FuturesUnordered;
 use futures::StreamExt;
 use nats_otel::{
-    ContextSource, CorePublisher, FallbackKey, JetStreamPublisher, JetStreamSender, KvFallback,
-    MessageContextExt, Publish, TraceContextStreamExt, TracePropagationLayer,
+    ContextSource, CorePublisher, FallbackKey, HeaderInjector, HeaderNames, JetStreamPublisher,
+    JetStreamSender, KvFallback, MessageContextExt, Publish, TraceContextStreamExt,
+    TracePropagationLayer,
 };
 use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
@@ -106,9 +107,12 @@ fn dispatch(sampled: bool) -> (Dispatch, SdkTracerProvider) {
     (sdk::dispatch(&provider), provider)
 }
 
+/// What the layer writes by default: `traceparent` under both names
+/// (`HeaderNames::Both`).
 fn raw_headers(extra: Option<(&str, &str)>) -> HeaderMap {
     let mut headers = HeaderMap::new();
     headers.insert("traceparent", TRACEPARENT);
+    headers.insert("Traceparent", TRACEPARENT);
     if let Some((name, value)) = extra {
         headers.insert(name, value);
     }
@@ -201,8 +205,61 @@ enum Producer {
     /// (`TracePropagationLayer::tracer`).
     TracerSpans(SdkTracer),
     /// `producer_spans(false)`: the caller's context is injected as is
-    /// (given explicitly with `Publish::context`).
-    NoSpans,
+    /// (given explicitly with `Publish::context`), under these names.
+    NoSpans(HeaderNames),
+}
+
+impl Producer {
+    fn layer(&self) -> TracePropagationLayer {
+        match self {
+            Producer::Spans => TracePropagationLayer::new(),
+            Producer::TracerSpans(tracer) => TracePropagationLayer::new().tracer(tracer.clone()),
+            Producer::NoSpans(names) => TracePropagationLayer::new()
+                .producer_spans(false)
+                .header_names(*names),
+        }
+    }
+}
+
+/// The header block the layer writes for one message under `names`, in
+/// bytes as it travels (`NATS/1.0\r\n`, `name: value\r\n` per header, a
+/// closing `\r\n`), with a context carrying `tracestate` and a two-member
+/// `baggage` when `full`.
+fn header_bytes(names: HeaderNames, full: bool) -> usize {
+    use opentelemetry::baggage::BaggageExt;
+    use opentelemetry::trace::{SpanContext, SpanId, TraceFlags, TraceId, TraceState};
+    let state = if full {
+        "rojo=00f067aa0ba902b7,congo=t61rcWkgMzE".parse().unwrap()
+    } else {
+        TraceState::NONE
+    };
+    let mut cx = opentelemetry::Context::new().with_remote_span_context(SpanContext::new(
+        TraceId::from(0x0af7651916cd43dd8448eb211c80319c),
+        SpanId::from(0xb7ad6b7169203331),
+        TraceFlags::SAMPLED,
+        true,
+        state,
+    ));
+    if full {
+        cx = cx.with_baggage([
+            opentelemetry::KeyValue::new("user", "alice"),
+            opentelemetry::KeyValue::new("tenant", "acme"),
+        ]);
+    }
+    let mut headers = HeaderMap::new();
+    HeaderInjector::new(&mut headers)
+        .header_names(names)
+        .inject_context(&cx);
+    let fields: usize = headers
+        .iter()
+        .flat_map(|(name, values)| {
+            let name: &str = name.as_ref();
+            values
+                .iter()
+                .map(move |v| name.len() + 2 + v.as_str().len() + 2)
+        })
+        .sum();
+    "NATS/1.0\r\n".len() + fields + 2
 }
 
 async fn core_publish(
@@ -211,6 +268,7 @@ async fn core_publish(
     s: &Settings,
     payload: &Bytes,
     producer: Producer,
+    baseline: Option<Producer>,
     name: &'static str,
     target: &'static str,
 ) -> Result<Row> {
@@ -228,21 +286,11 @@ async fn core_publish(
             opentelemetry::trace::TraceState::NONE,
         ),
     );
-    pair(
-        name,
-        target,
-        s.rounds,
-        n,
-        || async {
-            let layer = match &producer {
-                Producer::Spans => TracePropagationLayer::new(),
-                Producer::TracerSpans(tracer) => {
-                    TracePropagationLayer::new().tracer(tracer.clone())
-                }
-                Producer::NoSpans => TracePropagationLayer::new().producer_spans(false),
-            };
-            let no_spans = matches!(producer, Producer::NoSpans);
-            let mut svc = layer.layer(CorePublisher::new(client.clone()));
+    let through_layer = |producer: &Producer| {
+        let mut svc = producer.layer().layer(CorePublisher::new(client.clone()));
+        let no_spans = matches!(producer, Producer::NoSpans(_));
+        let (subject, parent) = (&subject, &parent);
+        async move {
             let start = Instant::now();
             for _ in 0..n {
                 let mut publish = Publish::new(subject.clone(), payload.clone());
@@ -253,8 +301,18 @@ async fn core_publish(
             }
             barrier.lock().await.wait(client).await?;
             Ok(start.elapsed())
-        },
+        }
+    };
+    pair(
+        name,
+        target,
+        s.rounds,
+        n,
+        || through_layer(&producer),
         || async {
+            if let Some(baseline) = &baseline {
+                return through_layer(baseline).await;
+            }
             let start = Instant::now();
             for _ in 0..n {
                 client
@@ -788,16 +846,33 @@ fn main() -> Result<()> {
         (
             "core_nospans",
             &unsampled,
-            Producer::NoSpans,
+            Producer::NoSpans(HeaderNames::Both),
             "core publish, producer_spans(false): inject the caller's context only",
             "(floor of the layer)",
         ),
     ];
     for (key, dispatch, producer, name, target) in core_rows {
         if run(key) {
-            let row = core_publish(&publisher, &barrier, &s, &payload, producer, name, target);
+            let row = core_publish(
+                &publisher, &barrier, &s, &payload, producer, None, name, target,
+            );
             rows.push(with_dispatch(dispatch, &rt, row)?);
         }
+    }
+    if run("core_names") {
+        // The cost of the default header names: the same layer, writing
+        // both names vs the lowercase ones alone, side by side.
+        let row = core_publish(
+            &publisher,
+            &barrier,
+            &s,
+            &payload,
+            Producer::NoSpans(HeaderNames::Both),
+            Some(Producer::NoSpans(HeaderNames::Lowercase)),
+            "core publish, producer_spans(false): HeaderNames::Both (default) vs Lowercase (the raw column)",
+            "(cost of the default names)",
+        );
+        rows.push(with_dispatch(&unsampled, &rt, row)?);
     }
     let js_rows = [
         ("js", None, "JetStream publish, acks pipelined (unsampled)"),
@@ -851,6 +926,17 @@ fn main() -> Result<()> {
 
     print_table(&rows, &s);
     println!();
+    for (what, full) in [
+        ("traceparent only", false),
+        ("with tracestate and a two-member baggage", true),
+    ] {
+        println!(
+            "Header block per message, {what}: {} bytes with HeaderNames::Lowercase, {} with HeaderNames::Both (default), {} with HeaderNames::Canonical",
+            header_bytes(HeaderNames::Lowercase, full),
+            header_bytes(HeaderNames::Both, full),
+            header_bytes(HeaderNames::Canonical, full),
+        );
+    }
     if let Some((kv_reads, from_headers)) = kv {
         println!(
             "KV reads while consuming {from_headers} messages with intact headers (fallback configured): {kv_reads} (target: 0)"

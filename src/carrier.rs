@@ -802,6 +802,51 @@ mod tests {
         injector.set("Traceparent", "ok".into());
         assert_eq!(injector.skipped().len(), 4);
         assert_eq!(headers.get("traceparent").map(|v| v.as_str()), Some("ok"));
-        assert_eq!(headers.len(), 1);
+        assert_eq!(headers.get("Traceparent").map(|v| v.as_str()), Some("ok"));
+        assert_eq!(headers.len(), 2);
+    }
+
+    #[test]
+    fn generic_fields_follow_the_names_policy() {
+        for (names, expected) in [
+            (HeaderNames::Lowercase, &["uber-trace-id", "x"][..]),
+            (HeaderNames::Canonical, &["Uber-Trace-Id", "X"]),
+            (
+                HeaderNames::Both,
+                &["uber-trace-id", "Uber-Trace-Id", "x", "X"],
+            ),
+        ] {
+            let mut headers = HeaderMap::new();
+            let mut injector = HeaderInjector::new(&mut headers).header_names(names);
+            injector.set("UBER-trace-ID", "v".into());
+            injector.set("x", "w".into());
+            assert!(injector.skipped().is_empty());
+            let mut got: Vec<&str> = headers.iter().map(|(n, _)| n.as_ref()).collect();
+            let mut expected = expected.to_vec();
+            got.sort_unstable();
+            expected.sort_unstable();
+            assert_eq!(got, expected, "{names}");
+        }
+        assert_eq!(canonical_mime("x-b3-traceid"), "X-B3-Traceid");
+        assert_eq!(canonical_mime("TRACEPARENT"), "Traceparent");
+    }
+
+    #[test]
+    fn both_names_with_one_value_are_one_context_two_values_are_ambiguous() {
+        let mut headers = HeaderMap::new();
+        let tp = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+        headers.insert("traceparent", tp);
+        headers.insert("Traceparent", tp);
+        let (cx, record) = HeaderExtractor::new(&headers).extract_context();
+        assert_eq!(record.source(), crate::ContextSource::Headers, "{record}");
+        assert!(cx.span().span_context().is_valid());
+        let other = "00-0af7651916cd43dd8448eb211c80319c-00000000000000aa-01";
+        headers.insert("Traceparent", other);
+        let (cx, record) = HeaderExtractor::new(&headers).extract_context();
+        assert_eq!(
+            record.reason().map(|r| r.as_str()),
+            Some("ambiguous_traceparent")
+        );
+        assert!(!cx.span().span_context().is_valid());
     }
 }

@@ -888,18 +888,23 @@ mod parity_tests {
             sdk().inject_context(&cx, &mut theirs);
 
             for (name, value) in &theirs {
-                let got = ours.get(name.as_str()).map(|v| v.as_str());
-                if name == TRACESTATE && value.is_empty() {
-                    prop_assert_eq!(got, None, "empty tracestate is left out");
-                } else {
-                    prop_assert_eq!(got, Some(value.as_str()), "{}", name);
+                // By default each field is written lowercase, as the SDK
+                // does, and again under Go's canonical name.
+                let canonical = format!("{}{}", name[..1].to_uppercase(), &name[1..]);
+                for name in [name.as_str(), canonical.as_str()] {
+                    let got = ours.get(name).map(|v| v.as_str());
+                    if name.eq_ignore_ascii_case(TRACESTATE) && value.is_empty() {
+                        prop_assert_eq!(got, None, "empty tracestate is left out");
+                    } else {
+                        prop_assert_eq!(got, Some(value.as_str()), "{}", name);
+                    }
                 }
             }
             let expected = theirs
                 .iter()
                 .filter(|(n, v)| !(n.as_str() == TRACESTATE && v.is_empty()))
                 .count();
-            prop_assert_eq!(ours.len(), expected);
+            prop_assert_eq!(ours.len(), 2 * expected);
         }
 
         #[test]
@@ -1015,7 +1020,7 @@ mod limit_tests {
     use opentelemetry::trace::{SpanContext, TraceContextExt};
 
     use super::*;
-    use crate::carrier::{HeaderInjector, InjectSkip};
+    use crate::carrier::{HeaderInjector, HeaderNames, InjectSkip};
     use crate::extraction::{extract_w3c, ContextSource, NoContextReason};
 
     const VALID: &str = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
@@ -1155,12 +1160,26 @@ mod limit_tests {
             TraceState::NONE,
         );
         let mut headers = HeaderMap::new();
-        HeaderInjector::new(&mut headers).inject_w3c(&Context::new().with_remote_span_context(sc));
+        let cx = Context::new().with_remote_span_context(sc);
+        HeaderInjector::new(&mut headers)
+            .header_names(HeaderNames::Lowercase)
+            .inject_w3c(&cx);
         assert_eq!(headers.len(), 1);
         assert_eq!(
             headers.get(TRACEPARENT).unwrap().as_str(),
             "00-00000000000000000000000000000001-0000000000000002-01"
         );
+        // Go's name alone, and both (the default).
+        let mut headers = HeaderMap::new();
+        HeaderInjector::new(&mut headers)
+            .header_names(HeaderNames::Canonical)
+            .inject_w3c(&cx);
+        assert_eq!(headers.len(), 1);
+        assert!(headers.get("Traceparent").is_some());
+        let mut headers = HeaderMap::new();
+        HeaderInjector::new(&mut headers).inject_w3c(&cx);
+        assert_eq!(headers.len(), 2);
+        assert_eq!(headers.get("Traceparent"), headers.get(TRACEPARENT));
         // No valid span: nothing at all.
         let mut headers = HeaderMap::new();
         HeaderInjector::new(&mut headers).inject_w3c(&Context::new());

@@ -91,13 +91,18 @@ where
     })
 }
 
-/// The headers with every `traceparent` value moved to `name`.
+/// The headers with every `traceparent` value, in any casing, moved to
+/// `name`.
 fn rename_traceparent(headers: Option<HeaderMap>, name: &'static str) -> Option<HeaderMap> {
     let headers = headers?;
     let mut out = HeaderMap::new();
     for (key, values) in headers.iter() {
         let key: &str = key.as_ref();
-        let target = if key == "traceparent" { name } else { key };
+        let target = if key.eq_ignore_ascii_case("traceparent") {
+            name
+        } else {
+            key
+        };
         for value in values {
             out.append(target, value.as_str());
         }
@@ -276,6 +281,28 @@ async fn producer_with_go_casing_is_reported_and_still_exits_0() {
         "Traceparent"
     );
     assert_eq!(step(&report, "trace", Some("core"))["status"], "ok");
+}
+
+/// What nats-server 2.11.0 to 2.12.11 do to `Traceparent`: only the
+/// lowercase name arrives, which Go's HeaderCarrier does not read.
+#[tokio::test]
+async fn hop_rewriting_names_to_lowercase_warns_that_go_consumers_miss_it() {
+    let server = NatsServer::start();
+    let client = connect(&server).await;
+    let _relay = relay(&client, "lc.in", "lc.out", |h| {
+        rename_traceparent(h, "traceparent")
+    })
+    .await;
+    let run = doctor_path(&server.url(), "lc.in", "lc.out", &["--json"]).await;
+    assert_eq!(run.code, 0);
+    let report = run.json();
+    let transit = step(&report, "transit", Some("core"));
+    assert_eq!(transit["status"], "warn");
+    assert_eq!(transit["cause"], "header_recased");
+    let text = transit["cause_text"].as_str().unwrap();
+    assert!(text.contains("Traceparent + traceparent"), "{transit:#}");
+    assert!(text.contains("OpenTelemetry Go consumers"), "{transit:#}");
+    assert!(!text.contains("opentelemetry-python"), "{transit:#}");
 }
 
 #[tokio::test]

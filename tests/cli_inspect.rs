@@ -88,8 +88,12 @@ fn assert_three_kinds_text(lines: &[&str], prefix: &str, seq: bool) {
     let (valid, go, none) = (lines[0], lines[1], lines[2]);
 
     assert!(valid.starts_with(&format!("{prefix}.valid  ")), "{valid}");
-    // The layer writes traceparent (and tracestate when there is one).
-    assert!(valid.contains("  headers=traceparent"), "{valid}");
+    // The layer writes traceparent under both names by default (and
+    // tracestate when there is one).
+    assert!(
+        valid.contains("  headers=Traceparent,traceparent  "),
+        "{valid}"
+    );
     assert!(valid.contains("  traceparent=valid  "), "{valid}");
     assert!(
         valid.contains(&format!("trace_id={VALID_TRACE}")),

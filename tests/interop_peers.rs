@@ -22,7 +22,7 @@ use std::collections::HashMap;
 use async_nats::jetstream::{self, consumer::pull, consumer::PullConsumer};
 use futures::Stream;
 use nats_otel::{
-    ContextSource, CorePublisher, JetStreamPublisher, MessageContextExt, Publish,
+    ContextSource, CorePublisher, HeaderNames, JetStreamPublisher, MessageContextExt, Publish,
     TraceContextStreamExt, TracePropagationLayer,
 };
 use opentelemetry::baggage::BaggageExt;
@@ -435,6 +435,40 @@ where
         message.ack().await.unwrap();
     }
     consumed
+}
+
+/// Without Go's canonical names (what the crate wrote before
+/// [`HeaderNames::Both`] became the default), OpenTelemetry Go's
+/// `HeaderCarrier` finds no `Traceparent` and the Go worker starts a new root
+/// for every message: the failure the default exists to prevent.
+#[tokio::test]
+async fn lowercase_names_alone_leave_go_consumers_without_a_parent() {
+    let _telemetry = Telemetry::install();
+    let cell = Cell::new("rust-lowercase", "go", Transport::Core).await;
+    let mut peer = Peer::spawn(Lang::Go, cell.peer_args("consume"));
+    peer.ready().await;
+    let publisher = TracePropagationLayer::new()
+        .header_names(HeaderNames::Lowercase)
+        .layer(CorePublisher::new(cell.client.clone()));
+    let mut traces = Vec::new();
+    publish_requests(publisher, &cell.subject, &mut traces).await;
+    server_round_trip(&cell.client).await;
+    for _ in 0..COUNT {
+        let doc = peer.json().await;
+        let index = index_of(str_field(&doc, "payload"));
+        assert_ne!(
+            str_field(&doc, "trace_id"),
+            traces[index].to_string(),
+            "{doc}"
+        );
+        assert_eq!(
+            str_field(&doc, "parent_span_id"),
+            SpanId::INVALID.to_string(),
+            "{doc}"
+        );
+        assert!(doc["headers"]["traceparent"].is_string(), "{doc}");
+    }
+    peer.exits_ok().await;
 }
 
 #[tokio::test]

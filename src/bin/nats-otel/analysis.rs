@@ -123,6 +123,17 @@ impl HeaderAnalysis {
         }
     }
 
+    /// The names `traceparent` arrived under, in any casing, sorted.
+    pub(crate) fn traceparent_names(&self) -> Vec<&str> {
+        let mut names: Vec<&str> = self
+            .names()
+            .into_iter()
+            .filter(|name| name.eq_ignore_ascii_case(TRACEPARENT))
+            .collect();
+        names.sort_unstable();
+        names
+    }
+
     /// The distinct header names, sorted ignoring case.
     pub(crate) fn names(&self) -> Vec<&str> {
         let mut names: Vec<&str> = Vec::new();
@@ -228,9 +239,46 @@ pub(crate) fn subject_matches(pattern: &str, subject: &str) -> bool {
     }
 }
 
+/// Which common readers miss a `traceparent` that arrived only under
+/// `names` (every casing it arrived under), or `None` when every one of them
+/// finds it.
+///
+/// OpenTelemetry Go's `propagation.HeaderCarrier(http.Header(msg.Header))`
+/// reads only `Traceparent`; opentelemetry-python over a header dict, nats.js
+/// `MsgHdrs.get` and `HeaderMap::get("traceparent")` read only
+/// `traceparent`; nats-otel reads any casing.
+pub(crate) fn readers_missing(names: &[&str]) -> Option<String> {
+    let mut missing = Vec::new();
+    if !names.contains(&"Traceparent") {
+        missing.push(
+            "OpenTelemetry Go consumers (propagation.HeaderCarrier(http.Header(msg.Header)) \
+             reads only Traceparent)",
+        );
+    }
+    if !names.contains(&TRACEPARENT) {
+        missing.push(
+            "readers matching the W3C name exactly (opentelemetry-python over a header dict, \
+             nats.js MsgHdrs.get, async-nats HeaderMap::get(\"traceparent\") read only \
+             traceparent)",
+        );
+    }
+    (!missing.is_empty()).then(|| missing.join(" and "))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn readers_missing_names_each_casing() {
+        assert_eq!(readers_missing(&["Traceparent", "traceparent"]), None);
+        let go_only = readers_missing(&["Traceparent"]).unwrap();
+        assert!(go_only.contains("opentelemetry-python") && !go_only.contains("Go consumers"));
+        let lower_only = readers_missing(&["traceparent"]).unwrap();
+        assert!(lower_only.contains("Go consumers") && !lower_only.contains("python"));
+        let upper = readers_missing(&["TRACEPARENT"]).unwrap();
+        assert!(upper.contains("Go consumers") && upper.contains("python"));
+    }
 
     #[test]
     fn shapes_and_subjects() {

@@ -22,7 +22,8 @@ use serde_json::{json, Value};
 use tower::{Layer, Service};
 
 use crate::analysis::{
-    describe_record, extracted_trace_id, record_json, subject_matches, HeaderAnalysis,
+    describe_record, extracted_trace_id, readers_missing, record_json, subject_matches,
+    HeaderAnalysis,
 };
 use crate::{parse_seconds, Failure, ServerArgs, EXIT_BROKEN, EXIT_HEALTHY};
 
@@ -1060,21 +1061,36 @@ fn transit_step(
         );
     }
 
-    if tp.recased() {
+    let sent_names = ctx.injected.traceparent_names();
+    let arrived_names = seen.traceparent_names();
+    if sent_names != arrived_names {
+        let missing = readers_missing(&arrived_names);
+        let who = match &missing {
+            Some(readers) => format!(
+                "nats-otel matches any casing, so the trace holds for its consumers, but {readers} \
+                 start a new trace"
+            ),
+            None => "every common reader still finds it".to_owned(),
+        };
         return step(
-            Status::Warn,
+            if missing.is_some() {
+                Status::Warn
+            } else {
+                Status::Ok
+            },
             Some(Cause::new(
                 "header_recased",
                 format!(
-                    "header re-cased in transit: traceparent arrived as {:?} (Go's \
-                     HeaderCarrier writes Traceparent; some hops rewrite names). nats-otel \
-                     matches any casing, so the trace holds here, but case-sensitive \
-                     extractors (HeaderMap::get(\"traceparent\"), a plain map carrier) miss it",
-                    tp.header
+                    "header re-cased in transit: traceparent left as {} and arrived as {} \
+                     (nats-server 2.11.0 to 2.12.11 rewrite Traceparent to traceparent; other \
+                     hops rebuild names). {who}",
+                    sent_names.join(" + "),
+                    arrived_names.join(" + "),
                 ),
-                "nothing to do for nats-otel consumers; elsewhere read headers \
-                 case-insensitively (nats_otel::HeaderExtractor) or have the producer write \
-                 lowercase traceparent",
+                "make that hop keep header names (nats-server 2.12.12 or 2.14 and later keep \
+                 them); publish with HeaderNames::Both (the default) so that Go and W3C-exact \
+                 readers each find their name; or read headers case-insensitively \
+                 (nats_otel::HeaderExtractor)",
             )),
         );
     }
