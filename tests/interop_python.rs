@@ -21,6 +21,7 @@ use support::nats::*;
 use support::peers::{str_field, Lang, Peer};
 use support::server::NatsServer;
 use support::telemetry::*;
+use support::versions::rewrites_traceparent;
 use tower::Layer;
 use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
@@ -44,6 +45,12 @@ async fn python_producer_to_rust_consumer(casing: &str, names: [&str; 3]) {
     let [traceparent_name, tracestate_name, baggage_name] = names;
     let telemetry = Telemetry::install();
     let server = NatsServer::start();
+    // nats-server 2.11.0 to 2.12.11 rename any-case traceparent.
+    let traceparent_name = if rewrites_traceparent(&server.version()) {
+        "traceparent"
+    } else {
+        traceparent_name
+    };
     let client = connect(&server).await;
     let subject = format!("interop.py.{casing}");
     let mut jobs = client

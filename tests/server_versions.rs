@@ -27,6 +27,7 @@ use nats_otel::{
 use support::nats::*;
 use support::server::{binary_for_version, NatsServer, PINNED_SERVER};
 use support::telemetry::*;
+use support::versions::parse_version;
 use tower::{Layer, Service, ServiceExt};
 use tracing::Instrument;
 
@@ -35,15 +36,6 @@ const OLDEST_SERVER: &str = "2.10.26";
 /// Supported: 2.10.0 up to, not including, 2.16.
 const SUPPORTED_MIN: (u32, u32, u32) = (2, 10, 0);
 const SUPPORTED_BELOW: (u32, u32, u32) = (2, 16, 0);
-
-fn parse_version(version: &str) -> (u32, u32, u32) {
-    let core = version.split(['-', '+']).next().unwrap_or_default();
-    let mut parts = core.split('.').map(|p| p.parse::<u32>().ok());
-    match (parts.next(), parts.next(), parts.next()) {
-        (Some(Some(a)), Some(Some(b)), Some(Some(c))) => (a, b, c),
-        _ => panic!("cannot parse the nats-server version {version:?}"),
-    }
-}
 
 /// Fails, naming `feature`, unless `server` is at least `min`.
 ///

@@ -4,3 +4,4 @@ pub mod nats;
 pub mod peers;
 pub mod server;
 pub mod telemetry;
+pub mod versions;

