@@ -269,8 +269,7 @@ async fn core_publish(
     payload: &Bytes,
     producer: Producer,
     baseline: Option<Producer>,
-    name: &'static str,
-    target: &'static str,
+    (name, target): (&'static str, &'static str),
 ) -> Result<Row> {
     let subject = Subject::from("bench.core");
     let headers = raw_headers(None);
@@ -854,7 +853,13 @@ fn main() -> Result<()> {
     for (key, dispatch, producer, name, target) in core_rows {
         if run(key) {
             let row = core_publish(
-                &publisher, &barrier, &s, &payload, producer, None, name, target,
+                &publisher,
+                &barrier,
+                &s,
+                &payload,
+                producer,
+                None,
+                (name, target),
             );
             rows.push(with_dispatch(dispatch, &rt, row)?);
         }
@@ -869,8 +874,10 @@ fn main() -> Result<()> {
             &payload,
             Producer::NoSpans(HeaderNames::Both),
             Some(Producer::NoSpans(HeaderNames::Lowercase)),
-            "core publish, producer_spans(false): HeaderNames::Both (default) vs Lowercase (the raw column)",
-            "(cost of the default names)",
+            (
+                "core publish, producer_spans(false): HeaderNames::Both (default) vs Lowercase (the raw column)",
+                "(cost of the default names)",
+            ),
         );
         rows.push(with_dispatch(&unsampled, &rt, row)?);
     }

@@ -237,7 +237,7 @@ async fn rust_to_peer(lang: Lang, transport: Transport) {
         COUNT,
         "one PRODUCER span per message, each in its trace"
     );
-    let mut seen = vec![false; COUNT];
+    let mut seen = [false; COUNT];
     for doc in &consumed {
         let index = index_of(str_field(doc, "payload"));
         assert!(!seen[index], "message {index} consumed twice: {doc}");

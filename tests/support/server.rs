@@ -27,6 +27,14 @@
 //! the leader can change while the last peers catch up; tests should retry for a few seconds.
 //!
 //! Server output goes to a log file in the server's temp dir; errors include its tail.
+//!
+//! # Topologies
+//!
+//! [`leafnode_pair`] (a JetStream hub and a leaf without JetStream), [`gateway_pair`] and
+//! [`gateway_pair_jetstream`] (clusters `A` and `B` joined by gateways) wait until the link
+//! carries messages both ways. Interest crosses a link after the subscription was made, so
+//! a test calls [`wait_interest_propagated`] once its subscriptions (or stream) exist and
+//! before it publishes from the other side.
 #![allow(dead_code)]
 
 use std::fmt::Write as _;
@@ -879,9 +887,11 @@ pub fn try_gateway_pair() -> Result<(NatsServer, NatsServer), String> {
 /// B: likewise with cluster B, plus gateways: [ { name: "A", url: ... } ]
 /// ```
 ///
-/// Returned once the gateway carries messages both ways and both servers' `/healthz` are
-/// OK (a meta leader is known). Electing it takes a Raft election timeout: 1.5 to 9 s
-/// measured on 2.15.1 and 2.10.26. Route ports are reserved before the servers start, so
+/// Returned once the gateway carries messages both ways, both servers' `/healthz` are OK
+/// and both name the same meta leader, which lists the other server as a current, online
+/// peer (see [`wait_meta_agreement`]). The election is Raft's: measured 1.1 to 9 s after
+/// start on 2.15.1 and 2.10.26, either at once when the link comes up or after an election
+/// timeout (4 to 9 s). Route ports are reserved before the servers start, so
 /// like [`cluster`] this tries up to three times with fresh ports.
 pub fn gateway_pair_jetstream() -> (NatsServer, NatsServer) {
     try_gateway_pair_jetstream().unwrap_or_else(|e| panic!("{e}"))
@@ -906,6 +916,7 @@ pub fn try_gateway_pair_jetstream() -> Result<(NatsServer, NatsServer), String> 
             let deadline = Instant::now() + CLUSTER_HEALTH_TIMEOUT;
             a.wait_healthy(remaining(deadline))?;
             b.wait_healthy(remaining(deadline))?;
+            wait_meta_agreement(&[&a, &b], deadline)?;
             Ok((a, b))
         });
         match attempt {
@@ -921,12 +932,77 @@ pub fn try_gateway_pair_jetstream() -> Result<(NatsServer, NatsServer), String> 
     ))
 }
 
+/// Waits until every node names the same JetStream meta leader and that leader lists every
+/// other node, by server name, as a current peer that is not offline.
+///
+/// Stricter than [`wait_meta_peers`]: when the gateway link comes up, the two meta peers
+/// may elect a leader within milliseconds, and 2.10.26 then briefly answers `/healthz` OK
+/// on the follower while its `/jsz` shows no leader, and the leader lists the follower as
+/// current but `offline`, its name unknown. Creating a stream placed in the follower's
+/// cluster fails then with "no suitable peers for placement" (10005).
+fn wait_meta_agreement(nodes: &[&NatsServer], deadline: Instant) -> Result<(), String> {
+    let mut last;
+    loop {
+        match meta_agreement(nodes) {
+            Ok(()) => return Ok(()),
+            Err(e) => last = e,
+        }
+        if Instant::now() >= deadline {
+            return Err(format!(
+                "the JetStream meta group did not settle within {CLUSTER_HEALTH_TIMEOUT:?}: {last}"
+            ));
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn meta_agreement(nodes: &[&NatsServer]) -> Result<(), String> {
+    let mut leaders = Vec::with_capacity(nodes.len());
+    let mut metas = Vec::with_capacity(nodes.len());
+    for node in nodes {
+        let meta = node.monitor_json("/jsz")?["meta_cluster"].take();
+        leaders.push(meta["leader"].as_str().unwrap_or_default().to_owned());
+        metas.push(meta);
+    }
+    if leaders[0].is_empty() || leaders.iter().any(|l| *l != leaders[0]) {
+        return Err(format!(
+            "the nodes name different meta leaders: {leaders:?}"
+        ));
+    }
+    let leader = &leaders[0];
+    let Some(index) = nodes.iter().position(|n| n.server_name() == Some(leader)) else {
+        return Err(format!("the meta leader {leader} is none of the nodes"));
+    };
+    let replicas = metas[index]["replicas"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    for node in nodes {
+        let name = node.server_name().unwrap_or_default();
+        if name == leader {
+            continue;
+        }
+        let ready = replicas.iter().any(|r| {
+            r["name"].as_str() == Some(name)
+                && r["current"].as_bool() == Some(true)
+                && r["offline"].as_bool() != Some(true)
+        });
+        if !ready {
+            return Err(format!(
+                "meta leader {leader} does not list {name} as a current, online peer: {}",
+                metas[index]["replicas"]
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// The `gateway {}` block of cluster `name`, soliciting `remote` (name, gateway port).
 fn gateway_config(name: &str, remote: Option<(&str, u16)>) -> String {
     let gateways = match remote {
-        Some((remote, port)) => format!(
-            ", gateways: [ {{ name: \"{remote}\", url: \"nats://{LOOPBACK}:{port}\" }} ]"
-        ),
+        Some((remote, port)) => {
+            format!(", gateways: [ {{ name: \"{remote}\", url: \"nats://{LOOPBACK}:{port}\" }} ]")
+        }
         None => String::new(),
     };
     format!("gateway {{ name: \"{name}\", listen: \"{LOOPBACK}:-1\"{gateways} }}\n")
@@ -946,7 +1022,11 @@ fn remaining(deadline: Instant) -> Duration {
 }
 
 /// Polls `/leafz` on both servers until each lists a leafnode connection.
-fn wait_leafnode_link(hub: &NatsServer, leaf: &NatsServer, deadline: Instant) -> Result<(), String> {
+fn wait_leafnode_link(
+    hub: &NatsServer,
+    leaf: &NatsServer,
+    deadline: Instant,
+) -> Result<(), String> {
     loop {
         let hub_links = hub.monitor_json("/leafz").map(|z| z["leafnodes"].as_u64());
         let leaf_links = leaf.monitor_json("/leafz").map(|z| z["leafnodes"].as_u64());
@@ -1094,12 +1174,16 @@ impl ProbeConnection {
     /// Reads until `needle` starts a line, consuming everything up to and including it;
     /// `false` when `until` passes first. Answers the server's `PING`s meanwhile.
     fn wait_for(&mut self, needle: &[u8], until: Instant) -> Result<bool, String> {
-        self.read_until(until, |received| line_start(received, needle).map(|i| i + needle.len()))
+        self.read_until(until, |received| {
+            line_start(received, needle).map(|i| i + needle.len())
+        })
     }
 
     /// Like [`ProbeConnection::wait_for`], for `needle` anywhere.
     fn wait_for_any(&mut self, needle: &[u8], until: Instant) -> Result<bool, String> {
-        self.read_until(until, |received| find(received, needle).map(|i| i + needle.len()))
+        self.read_until(until, |received| {
+            find(received, needle).map(|i| i + needle.len())
+        })
     }
 
     /// Reads until `found` returns where the wanted text ends, and consumes up to there.
@@ -1175,10 +1259,7 @@ impl NatsServer {
             .and_then(|p| u16::try_from(p).ok())
             .filter(|p| *p != 0)
             .ok_or_else(|| {
-                self.failure(&format!(
-                    "/varz shows no {section} port: {}",
-                    varz[section]
-                ))
+                self.failure(&format!("/varz shows no {section} port: {}", varz[section]))
             })
     }
 }

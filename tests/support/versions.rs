@@ -19,5 +19,5 @@ pub fn parse_version(version: &str) -> (u32, u32, u32) {
 /// `HeaderCarrier`) then find nothing, whatever the producer wrote.
 pub fn rewrites_traceparent(version: &str) -> bool {
     let v = parse_version(version);
-    (2, 11, 0) <= v && v < (2, 12, 12)
+    ((2, 11, 0)..(2, 12, 12)).contains(&v)
 }
