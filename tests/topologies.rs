@@ -296,6 +296,13 @@ mod jetstream {
         .await;
     }
 
+    /// Nothing left pending or unacknowledged on `consumer`.
+    async fn assert_drained(consumer: &PullConsumer) {
+        let info = consumer.clone().info().await.unwrap().clone();
+        assert_eq!(info.num_pending, 0, "{info:?}");
+        assert_eq!(info.num_ack_pending, 0, "{info:?}");
+    }
+
     #[tokio::test]
     async fn leafnode_jetstream_publish_on_the_leaf_into_a_hub_stream_keeps_each_trace() {
         let telemetry = Telemetry::install();
@@ -319,9 +326,7 @@ mod jetstream {
             "topo.leaf.js.jobs",
         )
         .await;
-        let info = consumer.clone().info().await.unwrap().clone();
-        assert_eq!(info.num_pending, 0, "{info:?}");
-        assert_eq!(info.num_ack_pending, 0, "{info:?}");
+        assert_drained(&consumer).await;
     }
 
     #[tokio::test]
@@ -365,8 +370,6 @@ mod jetstream {
             "topo.gw.js.jobs",
         )
         .await;
-        let info = consumer.clone().info().await.unwrap().clone();
-        assert_eq!(info.num_pending, 0, "{info:?}");
-        assert_eq!(info.num_ack_pending, 0, "{info:?}");
+        assert_drained(&consumer).await;
     }
 }
