@@ -414,29 +414,65 @@ fn ambiguous_reason(headers: &HeaderMap) -> NoContextReason {
 /// rejects everything W3C rejects (some of which the SDK lets through).
 pub(crate) fn extract_w3c(headers: &HeaderMap) -> (Context, ExtractionRecord) {
     let found = scan_w3c(headers);
+    if found.ambiguous {
+        let cx = decode_w3c(None, found.tracestate, found.baggage).context;
+        return (cx, ExtractionRecord::none(ambiguous_reason(headers)));
+    }
+    let decoded = decode_w3c(found.traceparent, found.tracestate, found.baggage);
+    let mut record = match decoded.outcome {
+        Ok(name) => {
+            let record = ExtractionRecord::found(ContextSource::Headers);
+            match name {
+                Some(name) if name != TRACEPARENT => record.with_header_name(name),
+                _ => record,
+            }
+        }
+        Err(None) => ExtractionRecord::none(NoContextReason::MissingTraceparent {
+            present: headers.iter().map(|(n, _)| n.to_string()).collect(),
+        }),
+        Err(Some(reason)) => ExtractionRecord::none(reason),
+    };
+    for note in decoded.notes {
+        record.push_note(note);
+    }
+    (decoded.context, record)
+}
+
+/// What [`decode_w3c`] made of the three W3C fields.
+pub(crate) struct Decoded<'a> {
+    /// The remote span context (when `traceparent` was valid) and the
+    /// baggage.
+    pub(crate) context: Context,
+    /// `Ok` with the name `traceparent` came under when it gave a span
+    /// context; `Err(None)` when there was no `traceparent`, `Err(Some(..))`
+    /// when it was malformed.
+    pub(crate) outcome: Result<Option<&'a str>, Option<NoContextReason>>,
+    /// What was discarded or cut from `tracestate` and `baggage`.
+    pub(crate) notes: Vec<String>,
+}
+
+/// The one W3C decoder, for headers, [`TraceCarrier`](crate::TraceCarrier)s
+/// and KV records alike: `traceparent` (its name as it came, and its value)
+/// by every W3C rule, `tracestate` and `baggage` within the W3C limits.
+pub(crate) fn decode_w3c<'a>(
+    traceparent: Option<(&'a str, &'a str)>,
+    tracestate: Option<&str>,
+    baggage: Option<&str>,
+) -> Decoded<'a> {
     let mut notes: Vec<String> = Vec::new();
-    let (cx, mut record) = match found.traceparent {
-        _ if found.ambiguous => (
-            Context::new(),
-            ExtractionRecord::none(ambiguous_reason(headers)),
-        ),
-        None => (
-            Context::new(),
-            ExtractionRecord::none(NoContextReason::MissingTraceparent {
-                present: headers.iter().map(|(n, _)| n.to_string()).collect(),
-            }),
-        ),
+    let (cx, outcome) = match traceparent {
+        None => (Context::new(), Err(None)),
         Some((name, value)) => match parse_traceparent(value) {
             Err(problem) => (
                 Context::new(),
-                ExtractionRecord::none(NoContextReason::MalformedTraceparent {
+                Err(Some(NoContextReason::MalformedTraceparent {
                     header: name.to_owned(),
                     value: excerpt(value),
                     problem,
-                }),
+                })),
             ),
             Ok(tp) => {
-                let trace_state = match found.tracestate {
+                let trace_state = match tracestate {
                     None => TraceState::NONE,
                     Some(value) => {
                         let (trace_state, issue) = parse_tracestate(value);
@@ -453,18 +489,14 @@ pub(crate) fn extract_w3c(headers: &HeaderMap) -> (Context, ExtractionRecord) {
                     true,
                     trace_state,
                 );
-                let mut record = ExtractionRecord::found(ContextSource::Headers);
-                if name != TRACEPARENT {
-                    record = record.with_header_name(name);
-                }
                 (
                     Context::new().with_remote_span_context(span_context),
-                    record,
+                    Ok(Some(name)),
                 )
             }
         },
     };
-    let cx = match found.baggage {
+    let context = match baggage {
         None => cx,
         Some(value) => {
             let (cx, issue) = extract_baggage(cx, value);
@@ -474,10 +506,11 @@ pub(crate) fn extract_w3c(headers: &HeaderMap) -> (Context, ExtractionRecord) {
             cx
         }
     };
-    for note in notes {
-        record.push_note(note);
+    Decoded {
+        context,
+        outcome,
+        notes,
     }
-    (cx, record)
 }
 
 /// Any other propagator, through [`HeaderExtractor`]; the outcome is
@@ -531,27 +564,24 @@ fn extract_generic(p: &dyn TextMapPropagator, headers: &HeaderMap) -> (Context, 
     (cx, ExtractionRecord::none(reason))
 }
 
-/// Reads a [`TraceCarrier`](crate::TraceCarrier) with the W3C propagators;
-/// `what` names the carrier in reasons (e.g. `"kv traceparent"`).
+/// Reads a [`TraceCarrier`](crate::TraceCarrier) with the one W3C decoder
+/// ([`decode_w3c`]), by the same rules and limits as headers; `what` names
+/// the carrier in reasons (e.g. `"kv traceparent"`).
 pub(crate) fn context_from_carrier(
     carrier: &crate::TraceCarrier,
     what: &str,
 ) -> Result<Context, NoContextReason> {
-    let cx = crate::propagator::w3c().extract_with_context(&Context::new(), carrier);
-    let value = carrier.traceparent.as_deref().unwrap_or("");
-    if cx.span().span_context().is_valid() && parse_traceparent(value).is_ok() {
-        return Ok(cx);
-    }
-    Err(match parse_traceparent(value) {
-        Err(problem) => NoContextReason::MalformedTraceparent {
-            header: what.to_owned(),
-            value: excerpt(value),
-            problem,
-        },
-        Ok(_) => NoContextReason::PropagatorRejected {
+    let decoded = decode_w3c(
+        Some((what, carrier.traceparent.as_deref().unwrap_or(""))),
+        carrier.tracestate.as_deref(),
+        carrier.baggage.as_deref(),
+    );
+    match decoded.outcome {
+        Ok(_) => Ok(decoded.context),
+        Err(reason) => Err(reason.unwrap_or(NoContextReason::PropagatorRejected {
             fields: vec![what.to_owned()],
-        },
-    })
+        })),
+    }
 }
 
 /// `cx` with its baggage but without its span context.

@@ -7,28 +7,14 @@
 //! no-op. An explicit propagator always wins.
 
 use std::fmt;
-use std::sync::{Arc, LazyLock};
+use std::sync::Arc;
 
 use opentelemetry::global;
-use opentelemetry::propagation::{TextMapCompositePropagator, TextMapPropagator};
+use opentelemetry::propagation::TextMapPropagator;
 use opentelemetry::trace::{SpanContext, TraceContextExt};
 use opentelemetry::Context;
-use opentelemetry_sdk::propagation::{BaggagePropagator, TraceContextPropagator};
 
 use crate::carrier::HeaderInjector;
-
-static W3C: LazyLock<TextMapCompositePropagator> = LazyLock::new(|| {
-    TextMapCompositePropagator::new(vec![
-        Box::new(TraceContextPropagator::new()),
-        Box::new(BaggagePropagator::new()),
-    ])
-});
-
-/// W3C Trace Context + Baggage: the default when the global is the no-op,
-/// and the reader of [`TraceCarrier`](crate::TraceCarrier)s.
-pub(crate) fn w3c() -> &'static TextMapCompositePropagator {
-    &W3C
-}
 
 /// The propagator used by the layer and the consumer adapter.
 #[derive(Clone, Default)]
