@@ -234,7 +234,7 @@ impl fmt::Display for Finding {
 /// ```
 pub fn diagnose() -> Vec<Finding> {
     let mut findings = Vec::new();
-    if crate::global_propagator_is_noop() {
+    if crate::propagation::global_propagator_is_noop() {
         findings.push(Finding::NoopGlobalPropagator);
     }
     check_tracing(&mut findings);

@@ -57,49 +57,39 @@
 #![warn(missing_docs, missing_debug_implementations)]
 
 pub mod attr;
-mod carrier;
-mod consume;
-mod diagnose;
-mod error;
-mod extraction;
+pub mod consume;
+pub mod diagnose;
 #[cfg(feature = "kv")]
 #[cfg_attr(docsrs, doc(cfg(feature = "kv")))]
 pub mod fallback;
-mod filter;
-mod metrics;
-mod propagator;
-mod publish;
-#[cfg(feature = "jetstream")]
-mod settle;
-mod trace_carrier;
-mod tracer;
-mod w3c;
+pub mod propagation;
+pub mod publish;
+mod subject;
+mod telemetry;
 
-pub use carrier::{HeaderExtractor, HeaderInjector, HeaderNames, InjectSkip};
 pub use consume::{
-    ConsumerItem, ContextExtractingConsumer, ContextExtractor, HandlerSpanError, JetStreamMeta,
-    MessageContextExt, MessageMeta, Redelivery, TraceContextStreamExt,
+    ConsumerItem, ContextExtractingConsumer, ContextExtractor, ContextSource, ExtractionRecord,
+    HandlerSpanError, JetStreamMeta, MessageContextExt, MessageMeta, NoContextReason, Redelivery,
+    TraceContextStreamExt,
 };
+#[cfg(feature = "jetstream")]
+pub use consume::SettleExt;
 pub use diagnose::{diagnose, diagnose_client, Finding};
-pub use error::InvalidHeader;
-pub use extraction::{ContextSource, ExtractionRecord, NoContextReason};
 #[cfg(feature = "kv")]
-pub use fallback::{
-    FallbackError, FallbackKey, KeyInput, KvFallback, KvFallbackLayer, KvFallbackService,
-    KvWriteError, WriteFailure,
+pub use fallback::{FallbackKey, KeyInput, KvFallback, WriteFailure};
+pub use propagation::{
+    check_traceparent, global_propagator_is_noop, HeaderExtractor, HeaderInjector, HeaderNames,
+    InjectSkip, TraceCarrier, TraceparentProblem, BAGGAGE, TRACEPARENT, TRACESTATE,
 };
-pub use filter::SubjectFilter;
-pub use propagator::global_propagator_is_noop;
+#[cfg(feature = "kv")]
+pub use publish::{FallbackError, KvFallbackLayer, KvFallbackService, KvWriteError};
 pub use publish::{
-    CorePublisher, Publish, PublishMessage, PublishParts, Requester, ResponseFuture,
-    TracePropagation, TracePropagationLayer,
+    CorePublisher, InvalidHeader, Publish, PublishMessage, PublishParts, Requester,
+    ResponseFuture, TracePropagation, TracePropagationLayer,
 };
 #[cfg(feature = "jetstream")]
 pub use publish::{JetStreamPublisher, JetStreamSender};
-#[cfg(feature = "jetstream")]
-pub use settle::SettleExt;
-pub use trace_carrier::TraceCarrier;
-pub use w3c::{check_traceparent, TraceparentProblem, BAGGAGE, TRACEPARENT, TRACESTATE};
+pub use subject::SubjectFilter;
 
 /// The README's code, compiled as doc tests so it cannot drift from the API.
 #[cfg(all(doctest, feature = "kv"))]

@@ -5,12 +5,21 @@
 //! - [`ContextExtractor`]: the same, one message at a time.
 //! - [`ConsumerItem`], [`MessageMeta`], [`JetStreamMeta`]: what it reads.
 //! - [`MessageContextExt`]: the extraction record and handler spans.
+//! - [`ExtractionRecord`], [`ContextSource`], [`NoContextReason`]: where
+//!   each message's context came from, or why there is none.
+//! - [`SettleExt`]: ack, nak, term and in-progress as CLIENT spans.
 
 mod item;
+#[cfg(feature = "jetstream")]
+mod settle;
 pub(crate) mod span;
 mod stream;
 mod warn;
 
+pub use crate::propagation::record::{ContextSource, ExtractionRecord, NoContextReason};
 pub use item::{ConsumerItem, JetStreamMeta, MessageMeta};
 pub use span::{HandlerSpanError, MessageContextExt, Redelivery};
+#[cfg(feature = "jetstream")]
+#[cfg_attr(docsrs, doc(cfg(feature = "jetstream")))]
+pub use settle::SettleExt;
 pub use stream::{ContextExtractingConsumer, ContextExtractor, TraceContextStreamExt};

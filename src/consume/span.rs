@@ -1,7 +1,6 @@
 use std::fmt;
 use std::sync::Arc;
 
-use async_nats::HeaderMap;
 use opentelemetry::trace::{Link, Span as _, SpanBuilder, SpanKind, TraceContextExt, Tracer};
 use opentelemetry::{Context, KeyValue};
 use tracing::Span;
@@ -12,10 +11,10 @@ use opentelemetry_semantic_conventions::attribute as semconv;
 use super::item::MessageMeta;
 use super::warn;
 use crate::attr;
-use crate::carrier::find_header;
-use crate::extraction::{ContextSource, ExtractionRecord};
-use crate::metrics::Metrics;
-use crate::tracer::{operation_span_name, SpanTracer};
+use crate::telemetry::{captured_headers, SpanNameFn};
+use crate::propagation::{ContextSource, ExtractionRecord};
+use crate::telemetry::Metrics;
+use crate::telemetry::{operation_span_name, SpanTracer};
 
 /// What the adapter stores in a yielded [`Context`]: the extraction record
 /// and, with `tracing` spans, the CONSUMER `process` span (which ends when
@@ -52,9 +51,6 @@ pub(crate) fn with_record(cx: Context, record: ExtractionRecord) -> Context {
 pub(crate) fn process_tracer(cx: &Context) -> Option<&SpanTracer> {
     cx.get::<Consumed>().and_then(|c| c.tracer.as_ref())
 }
-
-/// Names a span from the message subject.
-pub(crate) type SpanNameFn = Arc<dyn Fn(&str) -> String + Send + Sync>;
 
 /// How the `process` span of a redelivered JetStream message (delivered
 /// count > 1) relates to the message's creation context.
@@ -279,23 +275,6 @@ where
         // directly, as the `tracing` path does without a layer.
         with_record(parent, record)
     }
-}
-
-/// The allow-listed headers as `messaging.nats.header.<name>` attributes.
-pub(crate) fn captured_headers<'a>(
-    headers: Option<&'a HeaderMap>,
-    names: &'a [String],
-) -> impl Iterator<Item = KeyValue> + 'a {
-    headers.into_iter().flat_map(move |headers| {
-        names.iter().filter_map(move |name| {
-            find_header(headers, name).map(|(_, value)| {
-                KeyValue::new(
-                    format!("{}{}", attr::NATS_HEADER_PREFIX, name.to_ascii_lowercase()),
-                    value.to_owned(),
-                )
-            })
-        })
-    })
 }
 
 /// Reading what the consumer adapter stored in a yielded [`Context`], and

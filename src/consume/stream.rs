@@ -19,13 +19,13 @@ use pin_project_lite::pin_project;
 
 use super::item::{ConsumerItem, MessageMeta};
 use super::span::{process_context, with_record, ProcessOptions, Redelivery};
-use crate::extraction::{
+use crate::propagation::{
     context_from_carrier, extract_headers, ContextSource, ExtractionRecord, NoContextReason,
 };
-use crate::filter::SubjectFilter;
-use crate::propagator::PropagatorChoice;
-use crate::trace_carrier::TraceCarrier;
-use crate::tracer::SpanTracer;
+use crate::subject::SubjectFilter;
+use crate::propagation::PropagatorChoice;
+use crate::propagation::TraceCarrier;
+use crate::telemetry::SpanTracer;
 
 /// Turns a consumed message into the [`Context`] its handler should run in.
 ///
@@ -60,7 +60,7 @@ pub struct ContextExtractor {
     skip: SubjectFilter,
     payload_carrier: Option<Arc<PayloadCarrierFn>>,
     #[cfg(feature = "kv")]
-    fallback: Option<crate::KvFallback>,
+    fallback: Option<crate::fallback::KvFallback>,
 }
 
 type PayloadCarrierFn = dyn Fn(&MessageMeta<'_>) -> Option<TraceCarrier> + Send + Sync;
@@ -267,7 +267,7 @@ impl ContextExtractor {
     /// By default, there is no KV fallback.
     #[cfg(feature = "kv")]
     #[cfg_attr(docsrs, doc(cfg(feature = "kv")))]
-    pub fn fallback(mut self, fallback: crate::KvFallback) -> Self {
+    pub fn fallback(mut self, fallback: crate::fallback::KvFallback) -> Self {
         self.fallback = Some(fallback);
         self
     }
@@ -707,7 +707,7 @@ impl<S: Stream> ContextExtractingConsumer<S> {
     /// [`ContextExtractor::fallback`].
     #[cfg(feature = "kv")]
     #[cfg_attr(docsrs, doc(cfg(feature = "kv")))]
-    pub fn fallback(mut self, fallback: crate::KvFallback) -> Self {
+    pub fn fallback(mut self, fallback: crate::fallback::KvFallback) -> Self {
         self.extractor = self.extractor.fallback(fallback);
         self
     }

@@ -4,7 +4,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 use std::time::Instant;
 
-use crate::extraction::NoContextReason;
+use crate::propagation::NoContextReason;
 
 /// At most one WARN per this many milliseconds, process-wide.
 const INTERVAL_MS: u64 = 1_000;

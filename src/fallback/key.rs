@@ -4,11 +4,7 @@ use std::sync::Arc;
 
 use async_nats::HeaderMap;
 
-use crate::carrier::find_header;
-
-/// The longest encoded key this crate writes. NATS subjects (and so KV keys)
-/// travel in the protocol's control line, which servers cap at 4 KiB.
-pub const MAX_ENCODED_KEY_LEN: usize = 1024;
+use crate::propagation::{find_header, KeyError, MAX_ENCODED_KEY_LEN};
 
 /// What a [`FallbackKey`] rule reads to derive a key: the same on the
 /// publish and the consume side.
@@ -158,39 +154,6 @@ impl FallbackKey {
     }
 }
 
-/// Why no KV key could be derived.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum KeyError {
-    /// The key source is absent from the message.
-    Missing {
-        /// The rule, e.g. `header Job-Id`.
-        rule: String,
-    },
-    /// The derived id is empty.
-    Empty,
-    /// The encoded id is longer than [`MAX_ENCODED_KEY_LEN`].
-    TooLong {
-        /// The encoded length.
-        len: usize,
-    },
-}
-
-impl fmt::Display for KeyError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Missing { rule } => write!(f, "no fallback key: {rule} is absent"),
-            Self::Empty => f.write_str("the fallback key id is empty"),
-            Self::TooLong { len } => write!(
-                f,
-                "the encoded fallback key is {len} characters, over the limit of \
-                 {MAX_ENCODED_KEY_LEN}"
-            ),
-        }
-    }
-}
-
-impl std::error::Error for KeyError {}
 
 /// Encodes any id as a KV key that NATS accepts and that no other id maps
 /// to.

@@ -6,9 +6,9 @@ use tokio::time::Instant;
 use opentelemetry::trace::TraceContextExt;
 use opentelemetry::Context;
 
-use super::record::decode_record;
+use crate::propagation::decode_record;
 use super::KvFallback;
-use crate::extraction::{context_from_carrier, NoContextReason};
+use crate::propagation::{context_from_carrier, NoContextReason};
 
 /// Looks `key` up in the fallback bucket, bounded by the lookup timeout.
 pub(crate) async fn lookup(fallback: KvFallback, key: String) -> Result<Context, NoContextReason> {

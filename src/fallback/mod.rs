@@ -38,9 +38,7 @@
 //! as a new root with the reason recorded — never lost.
 
 mod key;
-mod layer;
 mod lookup;
-mod record;
 
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -49,14 +47,12 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, kv};
 
-use crate::metrics::Metrics;
+use crate::telemetry::Metrics;
 
-pub use key::{decode_key, encode_key, FallbackKey, KeyError, KeyInput, MAX_ENCODED_KEY_LEN};
-pub use layer::{
-    FallbackError, KvFallbackFuture, KvFallbackLayer, KvFallbackService, KvWriteError,
-};
+pub use crate::propagation::kv_record::{decode_record, RecordError};
+pub use crate::propagation::record::{KeyError, MAX_ENCODED_KEY_LEN};
+pub use key::{decode_key, encode_key, FallbackKey, KeyInput};
 pub(crate) use lookup::lookup;
-pub use record::{decode_record, RecordError};
 
 /// The default lifetime of a record in a bucket created by
 /// [`KvFallback::open_bucket`]: 24 hours.

@@ -127,15 +127,8 @@ where
 }
 
 pub(crate) fn record_error<E: std::fmt::Display>(span: &Span, error: &E) {
-    record_error_type(span, &error_type::<E>());
+    crate::telemetry::record_error_type(span, &error_type::<E>());
     span.set_status(Status::error(error.to_string()));
-}
-
-pub(crate) fn record_error_type(span: &Span, error_type: &str) {
-    span.set_attribute(
-        opentelemetry_semantic_conventions::attribute::ERROR_TYPE,
-        error_type.to_owned(),
-    );
 }
 
 /// The error's type name without module paths, e.g.

@@ -6,12 +6,12 @@ use opentelemetry::trace::Tracer;
 use tower_layer::Layer;
 
 use super::service::TracePropagation;
-use crate::carrier::HeaderNames;
-use crate::consume::span::SpanNameFn;
-use crate::filter::SubjectFilter;
-use crate::metrics::Metrics;
-use crate::propagator::PropagatorChoice;
-use crate::tracer::SpanTracer;
+use crate::propagation::HeaderNames;
+use crate::telemetry::SpanNameFn;
+use crate::subject::SubjectFilter;
+use crate::telemetry::Metrics;
+use crate::propagation::PropagatorChoice;
+use crate::telemetry::SpanTracer;
 
 /// A [`Layer`] that traces every publish: it starts a PRODUCER span and
 /// injects its context into the message headers.
@@ -296,9 +296,9 @@ impl TracePropagationLayer {
 
     /// Also writes each message's trace carrier to a KV bucket before it is
     /// sent, so consumers can recover the context when headers are lost in
-    /// transit; see [`KvFallback`](crate::KvFallback).
+    /// transit; see [`KvFallback`](crate::fallback::KvFallback).
     ///
-    /// The returned layer stacks a [`KvFallbackLayer`](crate::KvFallbackLayer)
+    /// The returned layer stacks a [`KvFallbackLayer`](super::KvFallbackLayer)
     /// inside this one; the service's error becomes
     /// [`FallbackError`](crate::FallbackError).
     ///
@@ -311,11 +311,11 @@ impl TracePropagationLayer {
     #[cfg_attr(docsrs, doc(cfg(feature = "kv")))]
     pub fn fallback(
         self,
-        fallback: crate::KvFallback,
-    ) -> tower_layer::Stack<crate::KvFallbackLayer, TracePropagationLayer> {
+        fallback: crate::fallback::KvFallback,
+    ) -> tower_layer::Stack<super::KvFallbackLayer, TracePropagationLayer> {
         let mut layer = self;
         layer.instrument_inner.get_or_insert(true);
-        tower_layer::Stack::new(crate::KvFallbackLayer::new(fallback), layer)
+        tower_layer::Stack::new(super::KvFallbackLayer::new(fallback), layer)
     }
 }
 

@@ -8,6 +8,9 @@
 //!   `jetstream` feature, [`JetStreamPublisher`] and [`JetStreamSender`].
 
 mod client;
+mod error;
+#[cfg(feature = "kv")]
+mod fallback;
 mod future;
 #[cfg(feature = "jetstream")]
 mod jetstream;
@@ -16,8 +19,12 @@ mod request;
 mod service;
 
 pub use client::{CorePublisher, Requester};
-#[cfg(feature = "jetstream")]
-pub(crate) use future::record_error_type;
+pub use error::InvalidHeader;
+#[cfg(feature = "kv")]
+#[cfg_attr(docsrs, doc(cfg(feature = "kv")))]
+pub use fallback::{
+    FallbackError, KvFallbackFuture, KvFallbackLayer, KvFallbackService, KvWriteError,
+};
 pub use future::ResponseFuture;
 #[cfg(feature = "jetstream")]
 #[cfg_attr(docsrs, doc(cfg(feature = "jetstream")))]

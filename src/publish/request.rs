@@ -3,7 +3,7 @@ use async_nats::Subject;
 use bytes::Bytes;
 use opentelemetry::Context;
 
-use crate::error::InvalidHeader;
+use crate::publish::InvalidHeader;
 
 /// A request the [`TracePropagationLayer`](crate::TracePropagationLayer) can
 /// trace: it has a subject and headers the layer may write into.

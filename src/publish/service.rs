@@ -10,10 +10,10 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 use super::future::{ProducerSpan, ResponseFuture};
 use super::layer::TracePropagationLayer;
 use super::request::PublishMessage;
-use crate::carrier::{find_header, HeaderInjector};
-use crate::consume::span::captured_headers;
-use crate::tracer::{caller_context, operation_span_name, SpanTracer};
-use crate::w3c::TRACEPARENT;
+use crate::propagation::{find_header, HeaderInjector};
+use crate::telemetry::captured_headers;
+use crate::telemetry::{caller_context, operation_span_name, SpanTracer};
+use crate::propagation::TRACEPARENT;
 use opentelemetry_semantic_conventions::attribute as semconv;
 
 /// The NATS header JetStream uses for de-duplication; recorded as the

@@ -701,8 +701,9 @@ mod parity_tests {
     use proptest::prelude::*;
 
     use super::*;
-    use crate::carrier::HeaderInjector;
-    use crate::extraction::{extract_w3c, ContextSource, NoContextReason};
+    use super::super::headers::HeaderInjector;
+    use super::super::extract::extract_w3c;
+    use super::super::record::{ContextSource, NoContextReason};
 
     fn sdk() -> TextMapCompositePropagator {
         TextMapCompositePropagator::new(vec![
@@ -1020,8 +1021,9 @@ mod limit_tests {
     use opentelemetry::trace::{SpanContext, TraceContextExt};
 
     use super::*;
-    use crate::carrier::{HeaderInjector, HeaderNames, InjectSkip};
-    use crate::extraction::{extract_w3c, ContextSource, NoContextReason};
+    use super::super::headers::{HeaderInjector, HeaderNames, InjectSkip};
+    use super::super::extract::extract_w3c;
+    use super::super::record::{ContextSource, NoContextReason};
 
     const VALID: &str = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
 
@@ -1212,8 +1214,8 @@ mod limit_tests {
         headers.insert("Traceparent", other);
         let (_, record) = extract_w3c(&headers);
         assert_eq!(record.reason().unwrap().as_str(), "ambiguous_traceparent");
-        let (_, record) = crate::extraction::extract_headers(
-            &crate::propagator::PropagatorChoice::custom(
+        let (_, record) = super::super::extract::extract_headers(
+            &crate::propagation::PropagatorChoice::custom(
                 opentelemetry_sdk::propagation::TraceContextPropagator::new(),
             ),
             Some(&headers),
@@ -1279,8 +1281,8 @@ mod limit_tests {
                 headers.insert(TRACEPARENT, VALID);
                 headers.insert(name, value);
                 let _ = extract_w3c(&headers);
-                let _ = crate::extraction::extract_headers(
-                    &crate::propagator::PropagatorChoice::custom(
+                let _ = super::super::extract::extract_headers(
+                    &crate::propagation::PropagatorChoice::custom(
                         opentelemetry_sdk::propagation::TraceContextPropagator::new(),
                     ),
                     Some(&headers),

@@ -22,9 +22,9 @@ use opentelemetry::propagation::{Extractor, Injector};
 use opentelemetry::trace::{SpanContext, TraceContextExt};
 use opentelemetry::Context;
 
-use crate::extraction::ExtractionRecord;
-use crate::propagator::PropagatorChoice;
-use crate::w3c::{
+use super::record::ExtractionRecord;
+use super::propagator::PropagatorChoice;
+use super::w3c::{
     baggage_value, traceparent_string, tracestate_value, BAGGAGE, MAX_BAGGAGE_LEN,
     MAX_BAGGAGE_MEMBERS, MAX_TRACESTATE_MEMBERS, TRACEPARENT, TRACESTATE, TRACESTATE_CEILING,
 };
@@ -202,7 +202,7 @@ impl<'a> HeaderExtractor<'a> {
     /// assert!(cx.span().span_context().is_remote());
     /// ```
     pub fn extract_context(&self) -> (Context, ExtractionRecord) {
-        crate::extraction::extract_headers(&PropagatorChoice::Auto, Some(self.headers))
+        super::extract::extract_headers(&PropagatorChoice::Auto, Some(self.headers))
     }
 }
 
@@ -838,7 +838,7 @@ mod tests {
         headers.insert("traceparent", tp);
         headers.insert("Traceparent", tp);
         let (cx, record) = HeaderExtractor::new(&headers).extract_context();
-        assert_eq!(record.source(), crate::ContextSource::Headers, "{record}");
+        assert_eq!(record.source(), crate::propagation::ContextSource::Headers, "{record}");
         assert!(cx.span().span_context().is_valid());
         let other = "00-0af7651916cd43dd8448eb211c80319c-00000000000000aa-01";
         headers.insert("Traceparent", other);

@@ -1,3 +1,6 @@
+//! The publish side of the KV fallback: [`KvFallbackLayer`] writes each
+//! message's trace carrier to the fallback bucket as it is sent.
+
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
@@ -14,12 +17,10 @@ use tower_service::Service;
 use tracing::Span;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
-use super::key::KeyInput;
-use super::record::{encode, CarrierRef};
-use super::{KvFallback, WriteFailure};
-use crate::carrier::find_header;
-use crate::publish::PublishMessage;
-use crate::w3c::{BAGGAGE, TRACEPARENT, TRACESTATE};
+use super::request::PublishMessage;
+use crate::fallback::{KeyInput, KvFallback, WriteFailure};
+use crate::propagation::{encode_record as encode, find_header, CarrierRef};
+use crate::propagation::{BAGGAGE, TRACEPARENT, TRACESTATE};
 
 /// A [`Layer`] that writes each message's trace carrier to the fallback KV
 /// bucket along with the message.

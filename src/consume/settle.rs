@@ -17,8 +17,8 @@ use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::consume::span::process_tracer;
-use crate::publish::record_error_type;
-use crate::tracer::{operation_span_name, SpanTracer};
+use crate::telemetry::record_error_type;
+use crate::telemetry::{operation_span_name, SpanTracer};
 
 /// The semantic-conventions operation name of a settlement.
 fn operation_name(kind: &AckKind) -> &'static str {

@@ -14,7 +14,7 @@
 use opentelemetry::metrics::Counter;
 use opentelemetry::{global, KeyValue};
 
-use crate::extraction::ExtractionRecord;
+use crate::propagation::ExtractionRecord;
 
 #[derive(Clone, Debug)]
 pub(crate) struct Metrics {

@@ -4,7 +4,7 @@
 use opentelemetry::propagation::{Extractor, Injector};
 use serde::{Deserialize, Serialize};
 
-use crate::w3c::{
+use super::w3c::{
     baggage_value, traceparent_string, tracestate_value, BAGGAGE, TRACEPARENT, TRACESTATE,
 };
 
@@ -183,8 +183,8 @@ mod tests {
     use opentelemetry::{Context, KeyValue};
 
     use super::*;
-    use crate::carrier::{HeaderExtractor, HeaderInjector, HeaderNames};
-    use crate::extraction::context_from_carrier;
+    use super::super::headers::{HeaderExtractor, HeaderInjector, HeaderNames};
+    use super::super::extract::context_from_carrier;
 
     /// A carrier obeys the header path's rules: 40 tracestate members are
     /// cut to 32, a `%` in a baggage value is percent-encoded, and reading

@@ -4,7 +4,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::trace_carrier::TraceCarrier;
+use super::carrier::TraceCarrier;
 
 /// The record version this crate writes and reads.
 pub(crate) const RECORD_VERSION: u32 = 1;

@@ -14,7 +14,7 @@ use opentelemetry::propagation::TextMapPropagator;
 use opentelemetry::trace::{SpanContext, TraceContextExt};
 use opentelemetry::Context;
 
-use crate::carrier::HeaderInjector;
+use super::headers::HeaderInjector;
 
 /// The propagator used by the layer and the consumer adapter.
 #[derive(Clone, Default)]
