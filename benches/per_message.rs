@@ -26,7 +26,7 @@ use std::time::Duration;
 use async_nats::HeaderMap;
 use criterion::{criterion_group, criterion_main, Criterion};
 use futures::FutureExt;
-use nats_otel::{ContextExtractor, MessageMeta, Publish, TracePropagationLayer};
+use nats_otel::{consume::ContextExtractor, consume::MessageMeta, Publish, TracePropagationLayer};
 use opentelemetry::propagation::TextMapPropagator;
 use opentelemetry::trace::{
     SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState, TracerProvider as _,

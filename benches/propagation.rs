@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use async_nats::HeaderMap;
 use criterion::{criterion_group, Criterion};
-use nats_otel::{HeaderExtractor, HeaderInjector};
+use nats_otel::{propagation::HeaderExtractor, propagation::HeaderInjector};
 use opentelemetry::baggage::BaggageExt;
 use opentelemetry::propagation::{Extractor, TextMapPropagator};
 use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState};

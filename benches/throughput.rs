@@ -6,10 +6,10 @@
 //! cargo bench --features kv --bench throughput
 //! ```
 //!
-//! The benchmark starts its own nats-server (see `tests/support/server.rs` for how the binary
-//! is found; `NATS_SERVER_BIN` overrides it). Each pair runs alternately (A then B, then B then
-//! A, ...) for `ROUNDS` rounds; the table shows the median rate of each side and the median of
-//! the per-round ratios. Settings (environment variables):
+//! The benchmark starts its own nats-server (see the `nats-server-harness` crate in `harness/`
+//! for how the binary is found; `NATS_SERVER_BIN` overrides it). Each pair runs alternately (A
+//! then B, then B then A, ...) for `ROUNDS` rounds; the table shows the median rate of each side
+//! and the median of the per-round ratios. Settings (environment variables):
 //!
 //! | variable | default | meaning |
 //! |---|---|---|
@@ -28,8 +28,6 @@
 
 #[path = "support/sdk.rs"]
 mod sdk;
-#[path = "../tests/support/server.rs"]
-mod server;
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -42,10 +40,11 @@ use bytes::Bytes;
 use futures::stream::FuturesUnordered;
 use futures::StreamExt;
 use nats_otel::{
-    ContextSource, CorePublisher, FallbackKey, HeaderInjector, HeaderNames, JetStreamPublisher,
-    JetStreamSender, KvFallback, MessageContextExt, Publish, TraceContextStreamExt,
-    TracePropagationLayer,
+    fallback::FallbackKey, propagation::HeaderInjector, publish::JetStreamSender, ContextSource,
+    CorePublisher, HeaderNames, JetStreamPublisher, KvFallback, MessageContextExt, Publish,
+    TraceContextStreamExt, TracePropagationLayer,
 };
+use nats_server_harness as server;
 use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{SdkTracer, SdkTracerProvider};

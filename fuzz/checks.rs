@@ -9,8 +9,9 @@
 
 use async_nats::header::{HeaderMap, HeaderName, HeaderValue};
 use nats_otel::{
-    check_traceparent, ContextExtractor, ContextSource, ExtractionRecord, HeaderExtractor,
-    MessageContextExt, MessageMeta, NoContextReason, TraceCarrier,
+    consume::ContextExtractor, consume::MessageMeta, consume::NoContextReason,
+    propagation::check_traceparent, propagation::HeaderExtractor, ContextSource, ExtractionRecord,
+    MessageContextExt, TraceCarrier,
 };
 use opentelemetry::baggage::BaggageExt;
 use opentelemetry::trace::{SpanContext, TraceContextExt};

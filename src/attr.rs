@@ -13,5 +13,5 @@ pub const NATS_HEADER_PREFIX: &str = "messaging.nats.header.";
 /// `none` (see [`ContextSource`](crate::ContextSource)).
 pub const CONTEXT_SOURCE: &str = "nats_otel.context.source";
 /// Why no context was found, when the source is `none` or a fallback was
-/// needed (see [`NoContextReason`](crate::NoContextReason)).
+/// needed (see [`NoContextReason`](crate::consume::NoContextReason)).
 pub const CONTEXT_REASON: &str = "nats_otel.context.reason";

@@ -24,7 +24,7 @@ const TARGET: &str = "nats_otel";
 /// # Examples
 ///
 /// ```
-/// use nats_otel::Finding;
+/// use nats_otel::diagnose::Finding;
 ///
 /// let finding = Finding::NoOpenTelemetryLayer;
 /// assert_eq!(finding.as_str(), "no_opentelemetry_layer");
@@ -84,7 +84,7 @@ impl Finding {
     /// # Examples
     ///
     /// ```
-    /// assert_eq!(nats_otel::Finding::NotSampling.as_str(), "not_sampling");
+    /// assert_eq!(nats_otel::diagnose::Finding::NotSampling.as_str(), "not_sampling");
     /// ```
     pub fn as_str(&self) -> &'static str {
         match self {
@@ -105,7 +105,7 @@ impl Finding {
     /// # Examples
     ///
     /// ```
-    /// let fix = nats_otel::Finding::NoopGlobalPropagator.fix();
+    /// let fix = nats_otel::diagnose::Finding::NoopGlobalPropagator.fix();
     /// assert!(fix.contains("set_text_map_propagator"));
     /// ```
     pub fn fix(&self) -> &'static str {
@@ -223,7 +223,7 @@ impl fmt::Display for Finding {
 /// # Examples
 ///
 /// ```
-/// use nats_otel::Finding;
+/// use nats_otel::diagnose::Finding;
 ///
 /// // No subscriber and no propagator installed in this doctest:
 /// let findings = nats_otel::diagnose();
@@ -253,7 +253,7 @@ pub fn diagnose() -> Vec<Finding> {
 /// ```no_run
 /// # async fn run() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
 /// let client = async_nats::connect("nats://127.0.0.1:4222").await?;
-/// for finding in nats_otel::diagnose_client(&client).await {
+/// for finding in nats_otel::diagnose::diagnose_client(&client).await {
 ///     tracing::warn!(finding = finding.as_str(), fix = finding.fix(), "{finding}");
 /// }
 /// # Ok(())

@@ -7,8 +7,8 @@
 //! children of the publisher's, and says where every context came from.
 //!
 //! - **Publish:** [`TracePropagationLayer`], a [`tower`] layer around any
-//!   publish service ([`CorePublisher`], [`Requester`], `JetStreamPublisher`,
-//!   or your own), starts a PRODUCER span and injects W3C `traceparent`,
+//!   publish service ([`CorePublisher`], [`Requester`](publish::Requester),
+//!   `JetStreamPublisher`, or your own), starts a PRODUCER span and injects W3C `traceparent`,
 //!   `tracestate` and `baggage` into the message headers.
 //! - **Consume:** [`ContextExtractingConsumer`] (via
 //!   [`TraceContextStreamExt::with_trace_context`]) wraps a subscription or a
@@ -19,7 +19,23 @@
 //!   in job data. Consumers recover the context from either.
 //! - **Never silent:** every yielded context carries an [`ExtractionRecord`]
 //!   with its [`ContextSource`] and, when there is none, a
-//!   [`NoContextReason`] a person can act on.
+//!   [`NoContextReason`](consume::NoContextReason) a person can act on.
+//!
+//! # Modules
+//!
+//! The root re-exports the everyday items; the rest lives with its concern.
+//! Data flows [`publish`] → [`propagation`] → wire → [`propagation`] →
+//! [`consume`], with the fallback and diagnostics on the side:
+//!
+//! - [`publish`]: the layer, its service and future, the leaf publish
+//!   services, the KV write layer.
+//! - [`consume`]: the stream adapter, the one-message extractor, the
+//!   extraction record, handler spans and settlement spans.
+//! - [`propagation`]: the one W3C codec and its carriers — header
+//!   injector and extractor, header names, [`TraceCarrier`], the KV record.
+//! - `fallback` (feature `kv`): the KV fallback policy, keys and bucket.
+//! - [`diagnose`](mod@diagnose): the start-up self-check.
+//! - [`attr`]: the `messaging.nats.*` attribute names.
 //!
 //! # Examples
 //!
@@ -67,28 +83,20 @@ pub mod publish;
 mod subject;
 mod telemetry;
 
-pub use consume::{
-    ConsumerItem, ContextExtractingConsumer, ContextExtractor, ContextSource, ExtractionRecord,
-    HandlerSpanError, JetStreamMeta, MessageContextExt, MessageMeta, NoContextReason, Redelivery,
-    TraceContextStreamExt,
-};
+// The everyday items; everything else lives in its module.
 #[cfg(feature = "jetstream")]
 pub use consume::SettleExt;
-pub use diagnose::{diagnose, diagnose_client, Finding};
-#[cfg(feature = "kv")]
-pub use fallback::{FallbackKey, KeyInput, KvFallback, WriteFailure};
-pub use propagation::{
-    check_traceparent, global_propagator_is_noop, HeaderExtractor, HeaderInjector, HeaderNames,
-    InjectSkip, TraceCarrier, TraceparentProblem, BAGGAGE, TRACEPARENT, TRACESTATE,
+pub use consume::{
+    ContextExtractingConsumer, ContextSource, ExtractionRecord, MessageContextExt,
+    TraceContextStreamExt,
 };
+pub use diagnose::diagnose;
 #[cfg(feature = "kv")]
-pub use publish::{FallbackError, KvFallbackLayer, KvFallbackService, KvWriteError};
-pub use publish::{
-    CorePublisher, InvalidHeader, Publish, PublishMessage, PublishParts, Requester,
-    ResponseFuture, TracePropagation, TracePropagationLayer,
-};
+pub use fallback::KvFallback;
+pub use propagation::{HeaderNames, TraceCarrier};
 #[cfg(feature = "jetstream")]
-pub use publish::{JetStreamPublisher, JetStreamSender};
+pub use publish::JetStreamPublisher;
+pub use publish::{CorePublisher, Publish, TracePropagationLayer};
 pub use subject::SubjectFilter;
 
 /// The README's code, compiled as doc tests so it cannot drift from the API.

@@ -29,8 +29,8 @@ use std::time::Duration;
 use async_nats::header::{HeaderMap, HeaderName, HeaderValue};
 use futures::StreamExt;
 use nats_otel::{
-    ContextSource, ExtractionRecord, MessageContextExt, NoContextReason, TraceContextStreamExt,
-    TraceparentProblem,
+    consume::NoContextReason, propagation::TraceparentProblem, ContextSource, ExtractionRecord,
+    MessageContextExt, TraceContextStreamExt,
 };
 use opentelemetry::baggage::BaggageExt;
 use opentelemetry::trace::{SpanId, TraceContextExt, TraceId};

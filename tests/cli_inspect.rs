@@ -44,7 +44,7 @@ fn three_kinds(prefix: &str) -> [Publish; 3] {
     go.insert("Job-Id", "2");
     [
         Publish::new(format!("{prefix}.valid"), "1").context(context(VALID_TRACE)),
-        Publish::new(format!("{prefix}.go"), "2").headers(go),
+        Publish::new(format!("{prefix}.go"), "2").with_headers(go),
         Publish::new(format!("{prefix}.none"), "3"),
     ]
 }
@@ -343,7 +343,7 @@ async fn usage_errors_exit_2() {
 
 #[tokio::test]
 async fn kv_fallback_is_reported_as_the_source() {
-    use nats_otel::{FallbackKey, KvFallback};
+    use nats_otel::{fallback::FallbackKey, KvFallback};
 
     let server = NatsServer::start();
     let js = jetstream(&server).await;

@@ -410,7 +410,9 @@ mod kv_fallback {
 
     use async_nats::jetstream::kv;
     use async_nats::HeaderMap;
-    use nats_otel::{FallbackKey, KvFallback, PublishParts, WriteFailure};
+    use nats_otel::{
+        fallback::FallbackKey, fallback::WritePolicy, publish::PublishParts, KvFallback,
+    };
 
     /// Stands in for a bridge that forwards only the payload (and the JetStream
     /// message id) into the stream: the trace headers are lost in transit.
@@ -477,7 +479,7 @@ mod kv_fallback {
         // A lost KV write fails the publish (and is retried), so every stored
         // job has its carrier.
         let fallback = KvFallback::new(bucket, FallbackKey::subject_token(1))
-            .on_write_failure(WriteFailure::Required);
+            .on_write_failure(WritePolicy::Required);
         let consumer_fallback = KvFallback::new(consumer_bucket, FallbackKey::subject_token(1))
             .lookup_timeout(Duration::from_secs(5));
         let mut publisher = TracePropagationLayer::new()

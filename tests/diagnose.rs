@@ -8,7 +8,7 @@ mod support;
 
 use std::sync::{Mutex, MutexGuard};
 
-use nats_otel::{diagnose, diagnose_client, Finding};
+use nats_otel::{diagnose, diagnose::diagnose_client, diagnose::Finding};
 use opentelemetry::propagation::TextMapCompositePropagator;
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::propagation::{BaggagePropagator, TraceContextPropagator};

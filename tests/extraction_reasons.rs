@@ -5,7 +5,9 @@
 mod support;
 
 use async_nats::HeaderMap;
-use nats_otel::{ContextSource, MessageContextExt, NoContextReason, TraceparentProblem};
+use nats_otel::{
+    consume::NoContextReason, propagation::TraceparentProblem, ContextSource, MessageContextExt,
+};
 use opentelemetry::baggage::BaggageExt;
 use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt, TraceId};
 use opentelemetry::StringValue;

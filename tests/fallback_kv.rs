@@ -13,9 +13,10 @@ use async_nats::Client;
 use futures::StreamExt;
 use nats_otel::fallback::{BucketError, KeyError};
 use nats_otel::{
-    ContextExtractingConsumer, ContextSource, CorePublisher, FallbackError, FallbackKey, KeyInput,
-    KvFallback, KvFallbackService, MessageContextExt, NoContextReason, Publish,
-    TraceContextStreamExt, TracePropagation, TracePropagationLayer, WriteFailure, TRACEPARENT,
+    consume::MessageMeta, consume::NoContextReason, fallback::FallbackKey, fallback::WritePolicy,
+    propagation::TRACEPARENT, publish::FallbackError, publish::KvFallbackService,
+    publish::TracePropagation, ContextExtractingConsumer, ContextSource, CorePublisher, KvFallback,
+    MessageContextExt, Publish, TraceContextStreamExt, TracePropagationLayer,
 };
 use opentelemetry::trace::{Status, TraceContextExt, TraceId};
 use opentelemetry_sdk::trace::SpanData;
@@ -184,7 +185,7 @@ fn is_kv_reason(reason: Option<&NoContextReason>) -> bool {
 
 /// The id inside a `{"id": ...}` job document.
 fn json_id_key() -> FallbackKey {
-    FallbackKey::from_fn("json field id", |input: &KeyInput<'_>| {
+    FallbackKey::from_fn("json field id", |input: &MessageMeta<'_>| {
         let doc: serde_json::Value = serde_json::from_slice(input.payload).ok()?;
         doc.get("id")?.as_str().map(str::to_owned)
     })
@@ -540,7 +541,7 @@ async fn required_write_failure_publishes_nothing() {
     let store = KvFallback::open_bucket(&js, "doomed").await.unwrap();
     js.delete_key_value("doomed").await.unwrap();
     let kv = KvFallback::new(store, FallbackKey::subject_token(1))
-        .on_write_failure(WriteFailure::Required);
+        .on_write_failure(WritePolicy::Required);
 
     let watcher = connect(&server).await;
     let mut events = subscribed(&watcher, "events.>").await;

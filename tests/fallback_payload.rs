@@ -5,8 +5,8 @@
 mod support;
 
 use nats_otel::{
-    ContextSource, CorePublisher, MessageContextExt, MessageMeta, NoContextReason, Publish,
-    TraceCarrier, TraceContextStreamExt, TracePropagationLayer,
+    consume::MessageMeta, consume::NoContextReason, ContextSource, CorePublisher,
+    MessageContextExt, Publish, TraceCarrier, TraceContextStreamExt, TracePropagationLayer,
 };
 use opentelemetry::trace::TraceContextExt;
 use serde::{Deserialize, Serialize};

@@ -9,8 +9,9 @@ use std::time::Duration;
 use async_nats::jetstream::{self, consumer::pull, AckKind};
 use futures::StreamExt;
 use nats_otel::{
-    ContextExtractor, ContextSource, JetStreamPublisher, MessageContextExt, NoContextReason,
-    Publish, Redelivery, SettleExt, SubjectFilter, TraceContextStreamExt, TracePropagationLayer,
+    consume::ContextExtractor, consume::NoContextReason, consume::Redelivery, ContextSource,
+    JetStreamPublisher, MessageContextExt, Publish, SettleExt, SubjectFilter,
+    TraceContextStreamExt, TracePropagationLayer,
 };
 use opentelemetry::trace::SpanKind;
 use opentelemetry::Value;
@@ -233,7 +234,7 @@ async fn filters_names_and_captured_headers() {
         .capture_headers(["ORDER-ID"])
         .skip_subjects(extractor_skip);
     let (first, _) = subscriber.next().await.unwrap();
-    let cx = extractor.extract(&nats_otel::MessageMeta::of(&first));
+    let cx = extractor.extract(&nats_otel::consume::MessageMeta::of(&first));
     assert_eq!(cx.extraction().unwrap().source(), ContextSource::Headers);
     drop(cx);
     let (second, _) = subscriber.next().await.unwrap();
@@ -245,7 +246,7 @@ async fn filters_names_and_captured_headers() {
             .is_none_or(|h| h.get("traceparent").is_none()),
         "a skipped subject got a traceparent"
     );
-    let cx = extractor.extract(&nats_otel::MessageMeta::of(&second));
+    let cx = extractor.extract(&nats_otel::consume::MessageMeta::of(&second));
     assert_eq!(
         cx.extraction().unwrap().reason(),
         Some(&NoContextReason::SkippedByFilter)

@@ -10,8 +10,8 @@ use std::collections::HashMap;
 use async_nats::HeaderMap;
 use futures::StreamExt;
 use nats_otel::{
-    FallbackKey, KvFallback, MessageContextExt, Publish, TraceCarrier, TraceContextStreamExt,
-    TracePropagationLayer,
+    fallback::FallbackKey, KvFallback, MessageContextExt, Publish, TraceCarrier,
+    TraceContextStreamExt, TracePropagationLayer,
 };
 use opentelemetry_sdk::metrics::data::{AggregatedMetrics, MetricData};
 use opentelemetry_sdk::metrics::{InMemoryMetricExporter, PeriodicReader, SdkMeterProvider};

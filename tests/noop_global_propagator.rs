@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use nats_otel::{
-    global_propagator_is_noop, ContextSource, MessageContextExt, TracePropagationLayer,
+    propagation::global_propagator_is_noop, ContextSource, MessageContextExt, TracePropagationLayer,
 };
 use opentelemetry::baggage::BaggageExt;
 use opentelemetry::StringValue;

@@ -8,10 +8,11 @@ mod support;
 
 use async_nats::HeaderMap;
 use futures::StreamExt;
+use nats_otel::publish::PublishMessage as _;
 use nats_otel::{
-    ContextExtractingConsumer, ContextExtractor, ContextSource, CorePublisher, JetStreamPublisher,
-    MessageContextExt, MessageMeta, Publish, Redelivery, Requester, TraceContextStreamExt,
-    TracePropagationLayer,
+    consume::ContextExtractor, consume::MessageMeta, consume::Redelivery, publish::Requester,
+    ContextExtractingConsumer, ContextSource, CorePublisher, JetStreamPublisher, MessageContextExt,
+    Publish, TraceContextStreamExt, TracePropagationLayer,
 };
 use opentelemetry::global::BoxedTracer;
 use opentelemetry::trace::{SpanKind, Status, TraceContextExt};

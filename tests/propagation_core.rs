@@ -5,7 +5,8 @@
 mod support;
 
 use nats_otel::{
-    ContextSource, CorePublisher, MessageContextExt, Publish, Requester, TracePropagationLayer,
+    publish::Requester, ContextSource, CorePublisher, MessageContextExt, Publish,
+    TracePropagationLayer,
 };
 use opentelemetry::trace::{Span as _, SpanId, SpanKind, TraceContextExt, TraceId, Tracer as _};
 use opentelemetry::Context;

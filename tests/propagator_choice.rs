@@ -7,8 +7,8 @@
 mod support;
 
 use nats_otel::{
-    global_propagator_is_noop, ContextSource, MessageContextExt, NoContextReason,
-    TraceContextStreamExt, TracePropagationLayer,
+    consume::NoContextReason, propagation::global_propagator_is_noop, ContextSource,
+    MessageContextExt, TraceContextStreamExt, TracePropagationLayer,
 };
 use opentelemetry::baggage::BaggageExt;
 use opentelemetry::propagation::text_map_propagator::FieldIter;

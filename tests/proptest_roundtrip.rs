@@ -20,8 +20,8 @@ use std::convert::Infallible;
 use async_nats::HeaderMap;
 use futures::StreamExt;
 use nats_otel::{
-    ContextSource, HeaderExtractor, HeaderInjector, MessageContextExt, Publish, PublishParts,
-    TraceContextStreamExt, TracePropagationLayer,
+    propagation::HeaderExtractor, propagation::HeaderInjector, publish::PublishParts,
+    ContextSource, MessageContextExt, Publish, TraceContextStreamExt, TracePropagationLayer,
 };
 use opentelemetry::baggage::BaggageExt;
 use opentelemetry::propagation::{TextMapCompositePropagator, TextMapPropagator};

@@ -402,7 +402,7 @@ async fn slow_handler_adapter_holds_no_message_ahead() {
 #[cfg(feature = "kv")]
 #[tokio::test]
 async fn slow_kv_lookups_hold_at_most_one_message() {
-    use nats_otel::{FallbackKey, KvFallback};
+    use nats_otel::{fallback::FallbackKey, KvFallback};
 
     const MESSAGES: usize = 200;
     let _telemetry = Telemetry::install();

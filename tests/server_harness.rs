@@ -1,4 +1,4 @@
-//! Proves the nats-server test harness in `tests/support/server.rs` against a real server.
+//! Proves the nats-server test harness (the `nats-server-harness` crate in `harness/`) against a real server.
 
 mod support;
 

@@ -25,17 +25,13 @@ use nats_otel::{
     TracePropagationLayer,
 };
 use support::nats::*;
-use support::server::{binary_for_version, NatsServer, PINNED_SERVER};
+use support::server::{
+    binary_for_version, NatsServer, OLDEST_SERVER, PINNED_SERVER, SUPPORTED_BELOW, SUPPORTED_MIN,
+};
 use support::telemetry::*;
 use support::versions::parse_version;
 use tower::{Layer, Service, ServiceExt};
 use tracing::Instrument;
-
-/// The oldest nats-server the crate supports (`OLDEST_SERVER` in the xtask).
-const OLDEST_SERVER: &str = "2.10.26";
-/// Supported: 2.10.0 up to, not including, 2.16.
-const SUPPORTED_MIN: (u32, u32, u32) = (2, 10, 0);
-const SUPPORTED_BELOW: (u32, u32, u32) = (2, 16, 0);
 
 /// Fails, naming `feature`, unless `server` is at least `min`.
 ///

@@ -1,46 +1,7 @@
-use async_nats::{HeaderMap, Message};
+use async_nats::Message;
+
+use crate::propagation::message::{JetStreamMeta, MessageMeta};
 use opentelemetry::Context;
-
-/// What the consumer adapter reads from a message to extract and describe
-/// its trace context.
-#[derive(Debug, Clone, Copy)]
-#[non_exhaustive]
-pub struct MessageMeta<'a> {
-    /// The subject the message arrived on.
-    pub subject: &'a str,
-    /// The headers, if any.
-    pub headers: Option<&'a HeaderMap>,
-    /// The payload.
-    pub payload: &'a [u8],
-    /// JetStream delivery details, for messages consumed from a stream.
-    pub jetstream: Option<JetStreamMeta<'a>>,
-}
-
-impl<'a> MessageMeta<'a> {
-    /// Metadata of a core NATS message.
-    pub fn of(message: &'a Message) -> Self {
-        Self {
-            subject: message.subject.as_str(),
-            headers: message.headers.as_ref(),
-            payload: &message.payload,
-            jetstream: None,
-        }
-    }
-}
-
-/// JetStream delivery details of a consumed message.
-#[derive(Debug, Clone, Copy)]
-#[non_exhaustive]
-pub struct JetStreamMeta<'a> {
-    /// The stream name.
-    pub stream: &'a str,
-    /// The consumer name.
-    pub consumer: &'a str,
-    /// The message's sequence in the stream.
-    pub stream_sequence: u64,
-    /// How many times the message has been delivered (1 on first delivery).
-    pub delivered: i64,
-}
 
 /// An item of a consumer stream that the
 /// [`ContextExtractingConsumer`](crate::ContextExtractingConsumer) can pair
@@ -53,7 +14,7 @@ pub struct JetStreamMeta<'a> {
 /// # Examples
 ///
 /// ```
-/// use nats_otel::{ConsumerItem, MessageMeta};
+/// use nats_otel::{consume::ConsumerItem, consume::MessageMeta};
 /// use opentelemetry::Context;
 ///
 /// struct Job(async_nats::Message);

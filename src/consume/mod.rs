@@ -16,10 +16,11 @@ pub(crate) mod span;
 mod stream;
 mod warn;
 
+pub use crate::propagation::message::{JetStreamMeta, MessageMeta};
 pub use crate::propagation::record::{ContextSource, ExtractionRecord, NoContextReason};
-pub use item::{ConsumerItem, JetStreamMeta, MessageMeta};
-pub use span::{HandlerSpanError, MessageContextExt, Redelivery};
+pub use item::ConsumerItem;
 #[cfg(feature = "jetstream")]
 #[cfg_attr(docsrs, doc(cfg(feature = "jetstream")))]
 pub use settle::SettleExt;
+pub use span::{HandlerSpanError, MessageContextExt, Redelivery};
 pub use stream::{ContextExtractingConsumer, ContextExtractor, TraceContextStreamExt};

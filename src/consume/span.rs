@@ -8,12 +8,12 @@ use tracing_opentelemetry::{OpenTelemetrySpanExt, SetParentError};
 
 use opentelemetry_semantic_conventions::attribute as semconv;
 
-use super::item::MessageMeta;
 use super::warn;
 use crate::attr;
-use crate::telemetry::{captured_headers, SpanNameFn};
+use crate::propagation::MessageMeta;
 use crate::propagation::{ContextSource, ExtractionRecord};
 use crate::telemetry::Metrics;
+use crate::telemetry::{captured_headers, SpanNameFn};
 use crate::telemetry::{operation_span_name, SpanTracer};
 
 /// What the adapter stores in a yielded [`Context`]: the extraction record
@@ -58,7 +58,7 @@ pub(crate) fn process_tracer(cx: &Context) -> Option<&SpanTracer> {
 /// # Examples
 ///
 /// ```
-/// use nats_otel::{ContextExtractor, Redelivery};
+/// use nats_otel::{consume::ContextExtractor, consume::Redelivery};
 ///
 /// let extractor = ContextExtractor::new().redelivery(Redelivery::NewTraceWithLink);
 /// ```
@@ -308,7 +308,7 @@ pub trait MessageContextExt {
 
     /// The CONSUMER `process` span, to `.instrument(...)` work with it
     /// directly. `None` when the span was made with an OpenTelemetry tracer
-    /// ([`ContextExtractor::tracer`](crate::ContextExtractor::tracer)); it
+    /// ([`ContextExtractor::tracer`](super::ContextExtractor::tracer)); it
     /// is then `cx.span()`.
     fn process_span(&self) -> Option<&Span>;
 

@@ -17,14 +17,15 @@ use opentelemetry::trace::Tracer;
 use opentelemetry::Context;
 use pin_project_lite::pin_project;
 
-use super::item::{ConsumerItem, MessageMeta};
+use super::item::ConsumerItem;
 use super::span::{process_context, with_record, ProcessOptions, Redelivery};
+use crate::propagation::MessageMeta;
+use crate::propagation::PropagatorChoice;
+use crate::propagation::TraceCarrier;
 use crate::propagation::{
     context_from_carrier, extract_headers, ContextSource, ExtractionRecord, NoContextReason,
 };
 use crate::subject::SubjectFilter;
-use crate::propagation::PropagatorChoice;
-use crate::propagation::TraceCarrier;
 use crate::telemetry::SpanTracer;
 
 /// Turns a consumed message into the [`Context`] its handler should run in.
@@ -36,7 +37,7 @@ use crate::telemetry::SpanTracer;
 ///
 /// ```
 /// use async_nats::HeaderMap;
-/// use nats_otel::{ContextExtractor, ContextSource, MessageContextExt, MessageMeta};
+/// use nats_otel::{consume::ContextExtractor, ContextSource, MessageContextExt, consume::MessageMeta};
 ///
 /// let mut headers = HeaderMap::new();
 /// headers.insert("Traceparent", "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01");
@@ -79,6 +80,9 @@ impl fmt::Debug for ContextExtractor {
 }
 
 /// The outcome of the synchronous part of extraction.
+// `Done` is the common case and is matched at once: boxing it would cost an
+// allocation per message to save stack space for a moment.
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum Step {
     Done(Context, ExtractionRecord),
     /// The subject matches the skip filter: no extraction, no span.
@@ -114,7 +118,7 @@ impl ContextExtractor {
     /// # Examples
     ///
     /// ```
-    /// let extractor = nats_otel::ContextExtractor::new().span_name(|_subject| "process jobs".into());
+    /// let extractor = nats_otel::consume::ContextExtractor::new().span_name(|_subject| "process jobs".into());
     /// ```
     pub fn span_name<F>(mut self, f: F) -> Self
     where
@@ -167,7 +171,7 @@ impl ContextExtractor {
     /// # Examples
     ///
     /// ```
-    /// use nats_otel::ContextExtractor;
+    /// use nats_otel::consume::ContextExtractor;
     /// use opentelemetry::trace::TracerProvider as _;
     /// use opentelemetry_sdk::trace::SdkTracerProvider;
     ///
@@ -192,7 +196,7 @@ impl ContextExtractor {
     /// # Examples
     ///
     /// ```
-    /// use nats_otel::{ContextExtractor, SubjectFilter};
+    /// use nats_otel::{consume::ContextExtractor, SubjectFilter};
     ///
     /// let extractor = ContextExtractor::new().skip_subjects(SubjectFilter::new(["_INBOX.>"]));
     /// ```
@@ -235,7 +239,7 @@ impl ContextExtractor {
     /// # Examples
     ///
     /// ```
-    /// use nats_otel::{ContextExtractor, TraceCarrier};
+    /// use nats_otel::{consume::ContextExtractor, TraceCarrier};
     ///
     /// #[derive(serde::Deserialize)]
     /// struct Job {
@@ -341,7 +345,12 @@ impl ContextExtractor {
             return (cx, record);
         }
         match carrier.map(|c| context_from_carrier(&c, "payload traceparent")) {
-            Some(Ok(payload_cx)) => (payload_cx, record.recovered(ContextSource::Payload)),
+            Some(Ok(payload_cx)) => {
+                let record = record
+                    .recovered(ContextSource::Payload)
+                    .with_remote(payload_cx.span().span_context());
+                (payload_cx, record)
+            }
             Some(Err(reason)) => (cx, record.fallback_missed(reason)),
             None => (
                 cx,
@@ -358,11 +367,7 @@ impl ContextExtractor {
         #[cfg(feature = "kv")]
         if record.source() == ContextSource::None {
             if let Some(fallback) = &self.fallback {
-                let key = fallback.key.derive(&crate::fallback::KeyInput::new(
-                    meta.subject,
-                    meta.headers,
-                    meta.payload,
-                ));
+                let key = fallback.key.derive(meta);
                 match key {
                     Err(error) => {
                         return Step::Done(
@@ -374,7 +379,12 @@ impl ContextExtractor {
                         let fallback = fallback.clone();
                         return Step::Lookup(Box::pin(async move {
                             match crate::fallback::lookup(fallback, key).await {
-                                Ok(kv_cx) => (kv_cx, record.recovered(ContextSource::Kv)),
+                                Ok(kv_cx) => {
+                                    let record = record
+                                        .recovered(ContextSource::Kv)
+                                        .with_remote(kv_cx.span().span_context());
+                                    (kv_cx, record)
+                                }
                                 Err(reason) => (cx, record.fallback_missed(reason)),
                             }
                         }));

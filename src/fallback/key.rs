@@ -2,35 +2,9 @@ use std::borrow::Cow;
 use std::fmt;
 use std::sync::Arc;
 
-use async_nats::HeaderMap;
+use crate::propagation::{find_header, KeyError, MessageMeta, MAX_ENCODED_KEY_LEN};
 
-use crate::propagation::{find_header, KeyError, MAX_ENCODED_KEY_LEN};
-
-/// What a [`FallbackKey`] rule reads to derive a key: the same on the
-/// publish and the consume side.
-#[derive(Debug, Clone, Copy)]
-#[non_exhaustive]
-pub struct KeyInput<'a> {
-    /// The subject.
-    pub subject: &'a str,
-    /// The headers, if any (a relay may have dropped them).
-    pub headers: Option<&'a HeaderMap>,
-    /// The payload.
-    pub payload: &'a [u8],
-}
-
-impl<'a> KeyInput<'a> {
-    /// A key input from its parts.
-    pub fn new(subject: &'a str, headers: Option<&'a HeaderMap>, payload: &'a [u8]) -> Self {
-        Self {
-            subject,
-            headers,
-            payload,
-        }
-    }
-}
-
-type KeyFn = dyn Fn(&KeyInput<'_>) -> Option<String> + Send + Sync;
+type KeyFn = dyn Fn(&MessageMeta<'_>) -> Option<String> + Send + Sync;
 
 /// How the KV fallback derives a message's key, identically on both sides.
 ///
@@ -44,17 +18,18 @@ type KeyFn = dyn Fn(&KeyInput<'_>) -> Option<String> + Send + Sync;
 /// # Examples
 ///
 /// ```
-/// use nats_otel::{FallbackKey, KeyInput};
+/// use nats_otel::consume::MessageMeta;
+/// use nats_otel::fallback::FallbackKey;
 ///
 /// let by_token = FallbackKey::subject_token(1); // jobs.<id>.created → <id>
-/// let input = KeyInput::new("jobs.42.created", None, b"");
+/// let input = MessageMeta::new("jobs.42.created", None, b"");
 /// assert_eq!(by_token.derive(&input).unwrap(), "42");
 ///
-/// let by_payload = FallbackKey::from_fn("json field id", |input: &KeyInput<'_>| {
+/// let by_payload = FallbackKey::from_fn("json field id", |input: &MessageMeta<'_>| {
 ///     let doc: serde_json::Value = serde_json::from_slice(input.payload).ok()?;
 ///     doc.get("id")?.as_str().map(str::to_owned)
 /// });
-/// let input = KeyInput::new("jobs", None, br#"{"id":"a..b"}"#);
+/// let input = MessageMeta::new("jobs", None, br#"{"id":"a..b"}"#);
 /// assert_eq!(by_payload.derive(&input).unwrap(), "a=2E=2Eb");
 /// ```
 #[derive(Clone)]
@@ -114,7 +89,7 @@ impl FallbackKey {
     /// reasons and logs.
     pub fn from_fn<F>(name: impl Into<String>, f: F) -> Self
     where
-        F: Fn(&KeyInput<'_>) -> Option<String> + Send + Sync + 'static,
+        F: Fn(&MessageMeta<'_>) -> Option<String> + Send + Sync + 'static,
     {
         Self {
             rule: Rule::Custom {
@@ -126,14 +101,14 @@ impl FallbackKey {
 
     /// The raw id for `input`, before encoding; `None` when the source is
     /// absent (no such header, too few tokens, the closure found nothing).
-    pub fn raw_id(&self, input: &KeyInput<'_>) -> Option<String> {
+    pub fn raw_id(&self, input: &MessageMeta<'_>) -> Option<String> {
         self.raw_id_ref(input).map(Cow::into_owned)
     }
 
     /// [`raw_id`](Self::raw_id), borrowed from the message where it can
     /// be: a key is derived per published message, so the id is not
     /// copied before it is encoded.
-    fn raw_id_ref<'a>(&self, input: &KeyInput<'a>) -> Option<Cow<'a, str>> {
+    fn raw_id_ref<'a>(&self, input: &MessageMeta<'a>) -> Option<Cow<'a, str>> {
         match &self.rule {
             Rule::Header(name) => input
                 .headers
@@ -146,14 +121,13 @@ impl FallbackKey {
     }
 
     /// The encoded KV key for `input`.
-    pub fn derive(&self, input: &KeyInput<'_>) -> Result<String, KeyError> {
+    pub fn derive(&self, input: &MessageMeta<'_>) -> Result<String, KeyError> {
         let id = self.raw_id_ref(input).ok_or_else(|| KeyError::Missing {
             rule: self.to_string(),
         })?;
         encode_key(&id)
     }
 }
-
 
 /// Encodes any id as a KV key that NATS accepts and that no other id maps
 /// to.

@@ -6,8 +6,8 @@ use tokio::time::Instant;
 use opentelemetry::trace::TraceContextExt;
 use opentelemetry::Context;
 
-use crate::propagation::decode_record;
 use super::KvFallback;
+use crate::propagation::decode_record;
 use crate::propagation::{context_from_carrier, NoContextReason};
 
 /// Looks `key` up in the fallback bucket, bounded by the lookup timeout.

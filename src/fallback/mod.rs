@@ -8,10 +8,10 @@
 //! - **publish:** [`TracePropagationLayer::fallback`](crate::TracePropagationLayer::fallback)
 //!   writes the carrier (`traceparent`, `tracestate`, `baggage`) as a small
 //!   versioned JSON document to a KV bucket under a key derived from the
-//!   message ([`FallbackKey`]). With [`WriteFailure::Required`] the record
+//!   message ([`FallbackKey`]). With [`WritePolicy::Required`] the record
 //!   is stored (its put acked) *before* the message is sent, so a consumer
 //!   can never see the message before its record. With
-//!   [`WriteFailure::BestEffort`] (the default) the put is sent first and
+//!   [`WritePolicy::BestEffort`] (the default) the put is sent first and
 //!   the message right after it, without waiting for the put's ack; the
 //!   publish completes when both are acked. The record is normally stored
 //!   first, but the bucket and the message's stream are stored
@@ -23,17 +23,17 @@
 //!
 //! Cost: one extra JetStream write (a KV put, acked) per published message,
 //! in the same round trip as the publish's own ack with
-//! [`WriteFailure::BestEffort`], in the round trip before it with
-//! [`WriteFailure::Required`]; one KV read per message that arrives without
+//! [`WritePolicy::BestEffort`], in the round trip before it with
+//! [`WritePolicy::Required`]; one KV read per message that arrives without
 //! usable headers. Failure
 //! modes: a failed write is recorded on the PRODUCER span (with
 //! [`tracer`](crate::TracePropagationLayer::tracer), or a
-//! [`KvFallbackLayer`] stacked by hand without
+//! [`KvFallbackLayer`](crate::publish::KvFallbackLayer) stacked by hand without
 //! [`instrument_inner`](crate::TracePropagationLayer::instrument_inner): the
 //! caller's span) and
 //! logged
-//! ([`WriteFailure::BestEffort`], the default) or fails the publish before
-//! anything is sent ([`WriteFailure::Required`]); a failed or slow lookup
+//! ([`WritePolicy::BestEffort`], the default) or fails the publish before
+//! anything is sent ([`WritePolicy::Required`]); a failed or slow lookup
 //! costs at most the lookup timeout for that message, which is then yielded
 //! as a new root with the reason recorded — never lost.
 
@@ -51,7 +51,7 @@ use crate::telemetry::Metrics;
 
 pub use crate::propagation::kv_record::{decode_record, RecordError};
 pub use crate::propagation::record::{KeyError, MAX_ENCODED_KEY_LEN};
-pub use key::{decode_key, encode_key, FallbackKey, KeyInput};
+pub use key::{decode_key, encode_key, FallbackKey};
 pub(crate) use lookup::lookup;
 
 /// The default lifetime of a record in a bucket created by
@@ -63,7 +63,7 @@ pub const DEFAULT_LOOKUP_TIMEOUT: Duration = Duration::from_millis(250);
 
 /// What happens when the publish-side KV write fails.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum WriteFailure {
+pub enum WritePolicy {
     /// The publish proceeds; the failure is recorded as an event on the
     /// PRODUCER span (with
     /// [`tracer`](crate::TracePropagationLayer::tracer), or a layer stacked
@@ -78,7 +78,7 @@ pub enum WriteFailure {
     /// stored before the message.
     #[default]
     BestEffort,
-    /// The publish fails with [`FallbackError::KvWrite`] before anything is
+    /// The publish fails with [`FallbackError::KvWrite`](crate::publish::FallbackError::KvWrite) before anything is
     /// sent.
     ///
     /// The message is sent only once the put is acked, so the record is
@@ -93,7 +93,7 @@ pub enum WriteFailure {
 /// # Examples
 ///
 /// ```no_run
-/// use nats_otel::{FallbackKey, KvFallback, TracePropagationLayer, TraceContextStreamExt};
+/// use nats_otel::{fallback::FallbackKey, KvFallback, TracePropagationLayer, TraceContextStreamExt};
 ///
 /// # async fn run() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
 /// let client = async_nats::connect("nats://127.0.0.1:4222").await?;
@@ -113,7 +113,7 @@ pub enum WriteFailure {
 pub struct KvFallback {
     pub(crate) store: kv::Store,
     pub(crate) key: FallbackKey,
-    pub(crate) on_write_failure: WriteFailure,
+    pub(crate) on_write_failure: WritePolicy,
     pub(crate) lookup_timeout: Duration,
     pub(crate) stats: Arc<Stats>,
     pub(crate) metrics: Metrics,
@@ -134,13 +134,13 @@ impl fmt::Debug for KvFallback {
 impl KvFallback {
     /// A fallback to `store`, keyed by `key`.
     ///
-    /// By default, write failures are [`WriteFailure::BestEffort`] and
+    /// By default, write failures are [`WritePolicy::BestEffort`] and
     /// lookups time out after [`DEFAULT_LOOKUP_TIMEOUT`].
     pub fn new(store: kv::Store, key: FallbackKey) -> Self {
         Self {
             store,
             key,
-            on_write_failure: WriteFailure::default(),
+            on_write_failure: WritePolicy::default(),
             lookup_timeout: DEFAULT_LOOKUP_TIMEOUT,
             stats: Arc::default(),
             metrics: Metrics::default(),
@@ -148,7 +148,7 @@ impl KvFallback {
     }
 
     /// Sets what a failed publish-side write does.
-    pub fn on_write_failure(mut self, policy: WriteFailure) -> Self {
+    pub fn on_write_failure(mut self, policy: WritePolicy) -> Self {
         self.on_write_failure = policy;
         self
     }

@@ -15,7 +15,7 @@ use super::w3c::{
 /// `#[serde(flatten)]` the three fields sit at the top level of your
 /// document — so a trace survives even when message headers do not. Hand
 /// it to the consumer with
-/// [`ContextExtractor::payload_carrier`](crate::ContextExtractor::payload_carrier)
+/// [`ContextExtractor::payload_carrier`](crate::consume::ContextExtractor::payload_carrier)
 /// (source [`Payload`](crate::ContextSource::Payload)). It implements
 /// [`Injector`] and [`Extractor`]; fields of other propagators are ignored.
 ///
@@ -182,9 +182,9 @@ mod tests {
     };
     use opentelemetry::{Context, KeyValue};
 
-    use super::*;
-    use super::super::headers::{HeaderExtractor, HeaderInjector, HeaderNames};
     use super::super::extract::context_from_carrier;
+    use super::super::headers::{HeaderExtractor, HeaderInjector, HeaderNames};
+    use super::*;
 
     /// A carrier obeys the header path's rules: 40 tracestate members are
     /// cut to 32, a `%` in a baggage value is percent-encoded, and reading

@@ -59,14 +59,15 @@ pub(crate) fn extract_w3c(headers: &HeaderMap) -> (Context, ExtractionRecord) {
     let decoded = decode_w3c(found.traceparent, found.tracestate, found.baggage);
     let mut record = match decoded.outcome {
         Ok(name) => {
-            let record = ExtractionRecord::found(ContextSource::Headers);
+            let record = ExtractionRecord::found(ContextSource::Headers)
+                .with_remote(decoded.context.span().span_context());
             match name {
                 Some(name) if name != TRACEPARENT => record.with_header_name(name),
                 _ => record,
             }
         }
         Err(None) => ExtractionRecord::none(NoContextReason::MissingTraceparent {
-            present: headers.iter().map(|(n, _)| n.to_string()).collect(),
+            present: header_names(headers),
         }),
         Err(Some(reason)) => ExtractionRecord::none(reason),
     };
@@ -156,7 +157,8 @@ pub(crate) fn decode_w3c<'a>(
 fn extract_generic(p: &dyn TextMapPropagator, headers: &HeaderMap) -> (Context, ExtractionRecord) {
     let cx = p.extract_with_context(&Context::new(), &HeaderExtractor::new(headers));
     if cx.span().span_context().is_valid() {
-        let mut record = ExtractionRecord::found(ContextSource::Headers);
+        let mut record =
+            ExtractionRecord::found(ContextSource::Headers).with_remote(cx.span().span_context());
         if let Some((name, value)) = find_header(headers, TRACEPARENT) {
             // The SDK's parser pads short ids and reads short flags; hold
             // the value to every W3C rule before trusting it.
@@ -192,7 +194,7 @@ fn extract_generic(p: &dyn TextMapPropagator, headers: &HeaderMap) -> (Context, 
             let fields = present_fields(p, headers);
             if fields.is_empty() || fields.iter().all(|f| !is_trace_field(f)) {
                 NoContextReason::MissingTraceparent {
-                    present: headers.iter().map(|(n, _)| n.to_string()).collect(),
+                    present: header_names(headers),
                 }
             } else {
                 NoContextReason::PropagatorRejected { fields }
@@ -220,6 +222,14 @@ pub(crate) fn context_from_carrier(
             fields: vec![what.to_owned()],
         })),
     }
+}
+
+/// The names of `headers`, sorted, so that reasons read the same every time
+/// (the header map does not keep an order).
+fn header_names(headers: &HeaderMap) -> Vec<String> {
+    let mut names: Vec<String> = headers.iter().map(|(n, _)| n.to_string()).collect();
+    names.sort_unstable();
+    names
 }
 
 /// `cx` with its baggage but without its span context.

@@ -22,8 +22,8 @@ use opentelemetry::propagation::{Extractor, Injector};
 use opentelemetry::trace::{SpanContext, TraceContextExt};
 use opentelemetry::Context;
 
-use super::record::ExtractionRecord;
 use super::propagator::PropagatorChoice;
+use super::record::ExtractionRecord;
 use super::w3c::{
     baggage_value, traceparent_string, tracestate_value, BAGGAGE, MAX_BAGGAGE_LEN,
     MAX_BAGGAGE_MEMBERS, MAX_TRACESTATE_MEMBERS, TRACEPARENT, TRACESTATE, TRACESTATE_CEILING,
@@ -60,7 +60,7 @@ const BAGGAGE_CANONICAL: HeaderName = HeaderName::from_static("Baggage");
 ///
 /// ```
 /// use async_nats::HeaderMap;
-/// use nats_otel::{HeaderInjector, HeaderNames};
+/// use nats_otel::{propagation::HeaderInjector, HeaderNames};
 /// use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState};
 /// use opentelemetry::Context;
 ///
@@ -156,7 +156,7 @@ fn canonical_mime(name: &str) -> String {
 ///
 /// ```
 /// use async_nats::HeaderMap;
-/// use nats_otel::HeaderExtractor;
+/// use nats_otel::propagation::HeaderExtractor;
 /// use opentelemetry::propagation::Extractor;
 ///
 /// let mut headers = HeaderMap::new();
@@ -192,7 +192,7 @@ impl<'a> HeaderExtractor<'a> {
     ///
     /// ```
     /// use async_nats::HeaderMap;
-    /// use nats_otel::{ContextSource, HeaderExtractor};
+    /// use nats_otel::{ContextSource, propagation::HeaderExtractor};
     /// use opentelemetry::trace::TraceContextExt;
     ///
     /// let mut headers = HeaderMap::new();
@@ -375,7 +375,7 @@ impl Extractor for HeaderExtractor<'_> {
 ///
 /// ```
 /// use async_nats::HeaderMap;
-/// use nats_otel::{HeaderInjector, InjectSkip};
+/// use nats_otel::{propagation::HeaderInjector, propagation::InjectSkip};
 /// use opentelemetry::propagation::Injector;
 ///
 /// let mut headers = HeaderMap::new();
@@ -455,7 +455,7 @@ impl fmt::Display for InjectSkip {
 ///
 /// ```
 /// use async_nats::HeaderMap;
-/// use nats_otel::HeaderInjector;
+/// use nats_otel::propagation::HeaderInjector;
 /// use opentelemetry::propagation::Injector;
 ///
 /// let mut headers = HeaderMap::new();
@@ -509,7 +509,7 @@ impl<'a> HeaderInjector<'a> {
     ///
     /// ```
     /// use async_nats::HeaderMap;
-    /// use nats_otel::HeaderInjector;
+    /// use nats_otel::propagation::HeaderInjector;
     /// use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState};
     /// use opentelemetry::Context;
     ///
@@ -838,7 +838,11 @@ mod tests {
         headers.insert("traceparent", tp);
         headers.insert("Traceparent", tp);
         let (cx, record) = HeaderExtractor::new(&headers).extract_context();
-        assert_eq!(record.source(), crate::propagation::ContextSource::Headers, "{record}");
+        assert_eq!(
+            record.source(),
+            crate::propagation::ContextSource::Headers,
+            "{record}"
+        );
         assert!(cx.span().span_context().is_valid());
         let other = "00-0af7651916cd43dd8448eb211c80319c-00000000000000aa-01";
         headers.insert("Traceparent", other);

@@ -42,6 +42,7 @@ mod extract;
 mod headers;
 #[cfg(feature = "kv")]
 pub(crate) mod kv_record;
+pub(crate) mod message;
 mod propagator;
 pub(crate) mod record;
 mod w3c;
@@ -55,6 +56,7 @@ pub(crate) use extract::{context_from_carrier, extract_headers};
 pub(crate) use headers::find_header;
 #[cfg(feature = "kv")]
 pub(crate) use kv_record::{decode_record, encode as encode_record, CarrierRef};
+pub(crate) use message::MessageMeta;
 pub(crate) use propagator::PropagatorChoice;
 // The extraction record is public through `consume` (and the crate root).
 pub(crate) use record::{ContextSource, ExtractionRecord, NoContextReason};

@@ -126,7 +126,7 @@ pub(crate) fn is_noop(propagator: &dyn TextMapPropagator) -> bool {
 /// opentelemetry::global::set_text_map_propagator(
 ///     opentelemetry_sdk::propagation::TraceContextPropagator::new(),
 /// );
-/// assert!(!nats_otel::global_propagator_is_noop());
+/// assert!(!nats_otel::propagation::global_propagator_is_noop());
 /// ```
 pub fn global_propagator_is_noop() -> bool {
     global::get_text_map_propagator(is_noop)

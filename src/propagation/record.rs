@@ -10,6 +10,8 @@
 use std::borrow::Cow;
 use std::fmt;
 
+use opentelemetry::trace::SpanContext;
+
 use super::w3c::TraceparentProblem;
 
 /// Where a message's trace context came from.
@@ -64,7 +66,7 @@ pub(crate) const EXCERPT_LEN: usize = 64;
 /// # Examples
 ///
 /// ```
-/// use nats_otel::NoContextReason;
+/// use nats_otel::consume::NoContextReason;
 ///
 /// let reason = NoContextReason::NoHeaders;
 /// assert_eq!(reason.as_str(), "no_headers");
@@ -237,7 +239,7 @@ impl fmt::Display for NoContextReason {
 
 /// Where a consumed message's context came from, and why when nowhere.
 ///
-/// Stored in the [`Context`] the consumer adapter yields; read it with
+/// Stored in the [`Context`](opentelemetry::Context) the consumer adapter yields; read it with
 /// [`MessageContextExt::extraction`](crate::MessageContextExt::extraction).
 ///
 /// # Examples
@@ -262,6 +264,7 @@ pub struct ExtractionRecord {
     fallback_reason: Option<NoContextReason>,
     header_name: Option<Cow<'static, str>>,
     notes: Vec<String>,
+    remote: Option<SpanContext>,
 }
 
 impl ExtractionRecord {
@@ -272,6 +275,7 @@ impl ExtractionRecord {
             fallback_reason: None,
             header_name: None,
             notes: Vec::new(),
+            remote: None,
         }
     }
 
@@ -282,6 +286,7 @@ impl ExtractionRecord {
             fallback_reason: None,
             header_name: None,
             notes: Vec::new(),
+            remote: None,
         }
     }
 
@@ -298,6 +303,34 @@ impl ExtractionRecord {
 
     pub(crate) fn push_note(&mut self, note: String) {
         self.notes.push(note);
+    }
+
+    /// Records the remote span context that was found (when it is valid).
+    pub(crate) fn with_remote(mut self, remote: &SpanContext) -> Self {
+        self.remote = remote.is_valid().then(|| remote.clone());
+        self
+    }
+
+    /// The remote span context the message's context continues: the
+    /// producer's trace id and span id (the parent of the `process` span),
+    /// whichever [`source`](Self::source) it came from; `None` when the
+    /// source is [`ContextSource::None`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use async_nats::HeaderMap;
+    /// use nats_otel::propagation::HeaderExtractor;
+    ///
+    /// let mut headers = HeaderMap::new();
+    /// headers.insert("traceparent", "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01");
+    /// let (_, record) = HeaderExtractor::new(&headers).extract_context();
+    /// let remote = record.remote_span_context().unwrap();
+    /// assert_eq!(remote.trace_id().to_string(), "0af7651916cd43dd8448eb211c80319c");
+    /// assert_eq!(remote.span_id().to_string(), "b7ad6b7169203331");
+    /// ```
+    pub fn remote_span_context(&self) -> Option<&SpanContext> {
+        self.remote.as_ref()
     }
 
     /// The headers gave nothing, but a fallback did.

@@ -41,8 +41,8 @@ pub const BAGGAGE: &str = "baggage";
 /// # Examples
 ///
 /// ```
-/// use nats_otel::TraceparentProblem;
-/// use nats_otel::check_traceparent;
+/// use nats_otel::propagation::TraceparentProblem;
+/// use nats_otel::propagation::check_traceparent;
 ///
 /// let upper = "00-0AF7651916CD43DD8448EB211C80319C-B7AD6B7169203331-01";
 /// assert_eq!(check_traceparent(upper), Err(TraceparentProblem::UppercaseHex));
@@ -118,7 +118,7 @@ pub(crate) struct Traceparent {
 /// # Examples
 ///
 /// ```
-/// use nats_otel::check_traceparent;
+/// use nats_otel::propagation::check_traceparent;
 ///
 /// assert!(check_traceparent("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01").is_ok());
 /// assert!(check_traceparent("00-00000000000000000000000000000000-b7ad6b7169203331-01").is_err());
@@ -700,10 +700,10 @@ mod parity_tests {
     use opentelemetry_sdk::propagation::TraceContextPropagator;
     use proptest::prelude::*;
 
-    use super::*;
-    use super::super::headers::HeaderInjector;
     use super::super::extract::extract_w3c;
+    use super::super::headers::HeaderInjector;
     use super::super::record::{ContextSource, NoContextReason};
+    use super::*;
 
     fn sdk() -> TextMapCompositePropagator {
         TextMapCompositePropagator::new(vec![
@@ -1020,10 +1020,10 @@ mod limit_tests {
     use opentelemetry::baggage::{Baggage, BaggageExt};
     use opentelemetry::trace::{SpanContext, TraceContextExt};
 
-    use super::*;
-    use super::super::headers::{HeaderInjector, HeaderNames, InjectSkip};
     use super::super::extract::extract_w3c;
+    use super::super::headers::{HeaderInjector, HeaderNames, InjectSkip};
     use super::super::record::{ContextSource, NoContextReason};
+    use super::*;
 
     const VALID: &str = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
 

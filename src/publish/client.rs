@@ -93,7 +93,7 @@ impl Service<Publish> for CorePublisher {
 /// # Examples
 ///
 /// ```no_run
-/// use nats_otel::{Publish, Requester, TracePropagationLayer};
+/// use nats_otel::{Publish, publish::Requester, TracePropagationLayer};
 /// use tower::{Layer, Service, ServiceExt};
 ///
 /// # async fn run() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {

@@ -18,7 +18,7 @@ use tracing::Span;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use super::request::PublishMessage;
-use crate::fallback::{KeyInput, KvFallback, WriteFailure};
+use crate::fallback::{KvFallback, WritePolicy};
 use crate::propagation::{encode_record as encode, find_header, CarrierRef};
 use crate::propagation::{BAGGAGE, TRACEPARENT, TRACESTATE};
 
@@ -26,9 +26,9 @@ use crate::propagation::{BAGGAGE, TRACEPARENT, TRACESTATE};
 /// bucket along with the message.
 ///
 /// The put is sent before the message. With
-/// [`WriteFailure::Required`] the message is sent only once the put is
-/// acked; with [`WriteFailure::BestEffort`] (the default) right after the
-/// put, both acks being awaited together (see [`WriteFailure`]).
+/// [`WritePolicy::Required`](crate::fallback::WritePolicy::Required) the message is sent only once the put is
+/// acked; with [`WritePolicy::BestEffort`](crate::fallback::WritePolicy::BestEffort) (the default) right after the
+/// put, both acks being awaited together (see [`WritePolicy`](crate::fallback::WritePolicy)).
 ///
 /// Usually added through
 /// [`TracePropagationLayer::fallback`](crate::TracePropagationLayer::fallback),
@@ -46,7 +46,7 @@ use crate::propagation::{BAGGAGE, TRACEPARENT, TRACESTATE};
 /// # Examples
 ///
 /// ```no_run
-/// use nats_otel::{FallbackKey, JetStreamPublisher, KvFallback, Publish, TracePropagationLayer};
+/// use nats_otel::{fallback::FallbackKey, JetStreamPublisher, KvFallback, Publish, TracePropagationLayer};
 /// use tower::{Layer, Service, ServiceExt};
 ///
 /// # async fn run() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
@@ -90,8 +90,8 @@ impl<S> Layer<S> for KvFallbackLayer {
 
 /// A publish service wrapped by [`KvFallbackLayer`]: writes the carrier
 /// found in the request headers to KV and calls the inner service, after
-/// the put's ack ([`WriteFailure::Required`]) or right after sending the
-/// put ([`WriteFailure::BestEffort`]).
+/// the put's ack ([`WritePolicy::Required`](crate::fallback::WritePolicy::Required)) or right after sending the
+/// put ([`WritePolicy::BestEffort`](crate::fallback::WritePolicy::BestEffort)).
 #[derive(Debug, Clone)]
 pub struct KvFallbackService<S> {
     inner: S,
@@ -135,11 +135,14 @@ where
         // Everything read from the request is read now, before it moves
         // into the inner call: the key, and the record encoded straight
         // from the header values (no copy of the carrier).
-        let key = self.fallback.key.derive(&KeyInput::new(
-            request.subject(),
-            request.headers(),
-            request.payload(),
-        ));
+        let key = self
+            .fallback
+            .key
+            .derive(&crate::propagation::MessageMeta::new(
+                request.subject(),
+                request.headers(),
+                request.payload(),
+            ));
         let record = match &key {
             Ok(_) => carrier_of(&request).map(encode),
             Err(_) => None,
@@ -171,7 +174,7 @@ where
             (Ok(_), None) => return KvFallbackFuture::publish(inner.call(request)),
             (Ok(key), Some(Err(error))) => {
                 let error = write_failed(&self.fallback, key, error.to_string());
-                if self.fallback.on_write_failure == WriteFailure::Required {
+                if self.fallback.on_write_failure == WritePolicy::Required {
                     return KvFallbackFuture::failed(error);
                 }
                 best_effort_failure(&error);
@@ -183,7 +186,7 @@ where
         match fallback.on_write_failure {
             // Nothing may be sent unless the record is stored: the publish
             // starts only once the put is acked.
-            WriteFailure::Required => KvFallbackFuture::serial(Box::pin(async move {
+            WritePolicy::Required => KvFallbackFuture::serial(Box::pin(async move {
                 let written = fallback.store.put(key.as_str(), record).await;
                 settle(&fallback, key, written).map_err(FallbackError::KvWrite)?;
                 inner.call(request).await.map_err(FallbackError::Publish)
@@ -192,7 +195,7 @@ where
             // does not wait for its ack: the future sends the put, then the
             // message, and completes once both are acked; one round trip
             // instead of two.
-            WriteFailure::BestEffort => {
+            WritePolicy::BestEffort => {
                 let put = Box::pin(async move {
                     let written = fallback.store.put(key.as_str(), record).await;
                     settle(&fallback, key, written)
@@ -208,7 +211,7 @@ type PutFuture = BoxFuture<'static, Result<(), KvWriteError>>;
 pin_project! {
     /// Response future of [`KvFallbackService`].
     ///
-    /// With [`WriteFailure::BestEffort`], it polls the KV put before the
+    /// With [`WritePolicy::BestEffort`](crate::fallback::WritePolicy::BestEffort), it polls the KV put before the
     /// inner service's future, so the put is sent first, and completes once
     /// both have; a failed put is recorded then. It is [`Send`] when the
     /// inner service's future and its output are.
@@ -389,7 +392,7 @@ fn carrier_of<R: PublishMessage>(request: &R) -> Option<CarrierRef<'_>> {
 /// The error of a publish service with the KV fallback.
 #[derive(Debug)]
 pub enum FallbackError<E> {
-    /// The KV write failed under [`WriteFailure::Required`]; nothing was
+    /// The KV write failed under [`WritePolicy::Required`](crate::fallback::WritePolicy::Required); nothing was
     /// published.
     KvWrite(KvWriteError),
     /// The inner publish service failed; its error, unchanged.

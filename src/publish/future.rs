@@ -68,7 +68,7 @@ impl ProducerSpan {
 }
 
 pin_project! {
-    /// Response future of [`TracePropagation`](crate::TracePropagation).
+    /// Response future of [`TracePropagation`].
     ///
     /// Polls the inner service's future (inside the PRODUCER span with
     /// [`instrument_inner`](crate::TracePropagationLayer::instrument_inner))

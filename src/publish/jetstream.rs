@@ -84,7 +84,7 @@ impl Service<Publish> for JetStreamPublisher {
 /// # Examples
 ///
 /// ```no_run
-/// use nats_otel::{JetStreamSender, Publish};
+/// use nats_otel::{publish::JetStreamSender, Publish};
 /// use tower::{Service, ServiceExt};
 ///
 /// # async fn run() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {

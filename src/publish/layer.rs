@@ -7,19 +7,19 @@ use tower_layer::Layer;
 
 use super::service::TracePropagation;
 use crate::propagation::HeaderNames;
-use crate::telemetry::SpanNameFn;
+use crate::propagation::PropagatorChoice;
 use crate::subject::SubjectFilter;
 use crate::telemetry::Metrics;
-use crate::propagation::PropagatorChoice;
+use crate::telemetry::SpanNameFn;
 use crate::telemetry::SpanTracer;
 
 /// A [`Layer`] that traces every publish: it starts a PRODUCER span and
 /// injects its context into the message headers.
 ///
 /// Wraps any [`tower::Service`] whose request implements
-/// [`PublishMessage`](crate::PublishMessage): the crate's
+/// [`PublishMessage`](super::PublishMessage): the crate's
 /// [`CorePublisher`](crate::CorePublisher),
-/// [`Requester`](crate::Requester),
+/// [`Requester`](super::Requester),
 /// [`JetStreamPublisher`](crate::JetStreamPublisher), or your own.
 ///
 /// # Examples
@@ -300,7 +300,7 @@ impl TracePropagationLayer {
     ///
     /// The returned layer stacks a [`KvFallbackLayer`](super::KvFallbackLayer)
     /// inside this one; the service's error becomes
-    /// [`FallbackError`](crate::FallbackError).
+    /// [`FallbackError`](super::FallbackError).
     ///
     /// The PRODUCER span is entered around the inner service (see
     /// [`instrument_inner`](Self::instrument_inner)) unless that was turned

@@ -15,7 +15,7 @@ use crate::publish::InvalidHeader;
 ///
 /// ```
 /// use async_nats::HeaderMap;
-/// use nats_otel::PublishMessage;
+/// use nats_otel::publish::PublishMessage;
 ///
 /// struct Job {
 ///     subject: String,
@@ -72,12 +72,14 @@ pub trait PublishMessage {
 /// # Examples
 ///
 /// ```
+/// use nats_otel::publish::PublishMessage;
 /// use nats_otel::Publish;
 ///
 /// let publish = Publish::new("jobs.resize", "{\"id\":7}")
 ///     .header("Job-Id", "7")
 ///     .unwrap();
-/// assert_eq!(publish.subject().as_str(), "jobs.resize");
+/// assert_eq!(publish.subject(), "jobs.resize");
+/// assert_eq!(publish.header_map().unwrap().get("Job-Id").unwrap().as_str(), "7");
 /// ```
 #[derive(Debug, Clone)]
 pub struct Publish {
@@ -101,7 +103,10 @@ impl Publish {
     }
 
     /// Replaces the headers.
-    pub fn headers(mut self, headers: HeaderMap) -> Self {
+    ///
+    /// (Named `with_headers` so as not to shadow
+    /// [`PublishMessage::headers`], which reads them.)
+    pub fn with_headers(mut self, headers: HeaderMap) -> Self {
         self.headers = Some(headers);
         self
     }
@@ -133,11 +138,6 @@ impl Publish {
     pub fn context(mut self, cx: Context) -> Self {
         self.context = Some(cx);
         self
-    }
-
-    /// The subject.
-    pub fn subject(&self) -> &Subject {
-        &self.subject
     }
 
     /// The payload.

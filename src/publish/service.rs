@@ -10,10 +10,10 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 use super::future::{ProducerSpan, ResponseFuture};
 use super::layer::TracePropagationLayer;
 use super::request::PublishMessage;
+use crate::propagation::TRACEPARENT;
 use crate::propagation::{find_header, HeaderInjector};
 use crate::telemetry::captured_headers;
 use crate::telemetry::{caller_context, operation_span_name, SpanTracer};
-use crate::propagation::TRACEPARENT;
 use opentelemetry_semantic_conventions::attribute as semconv;
 
 /// The NATS header JetStream uses for de-duplication; recorded as the
@@ -45,7 +45,7 @@ const NATS_MSG_ID: &str = "Nats-Msg-Id";
 /// ```no_run
 /// # #[cfg(feature = "jetstream")]
 /// # mod example {
-/// use nats_otel::{JetStreamPublisher, Publish, TracePropagation, TracePropagationLayer};
+/// use nats_otel::{JetStreamPublisher, Publish, publish::TracePropagation, TracePropagationLayer};
 /// use tower::{Layer, Service, ServiceExt};
 ///
 /// # pub async fn run() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {

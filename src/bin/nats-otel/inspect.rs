@@ -7,10 +7,9 @@ use async_nats::jetstream::{self, consumer::pull, consumer::DeliverPolicy};
 use clap::{ArgGroup, Args};
 use futures::stream::BoxStream;
 use futures::StreamExt;
-use nats_otel::{
-    ConsumerItem, ContextExtractor, ContextSource, FallbackKey, KvFallback, MessageContextExt,
-    MessageMeta,
-};
+use nats_otel::consume::{ConsumerItem, ContextExtractor, MessageMeta};
+use nats_otel::fallback::FallbackKey;
+use nats_otel::{ContextSource, KvFallback, MessageContextExt};
 use serde_json::json;
 
 use crate::analysis::{describe_record, extracted_trace_id, record_json, HeaderAnalysis};
