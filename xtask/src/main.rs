@@ -191,7 +191,7 @@ fn test(args: &[OsString]) -> Result<i32> {
         // oldest supported server. Unit and doc tests need no server and ran above.
         Step::cargo(
             &format!("integration tests against nats-server {OLDEST_SERVER}"),
-            ["test", "--all-features", "--test", "*"],
+            ["test", "--workspace", "--all-features", "--test", "*"],
             &oldest_args,
         )
         .env(SERVER_BIN_ENV, &oldest)
@@ -207,7 +207,7 @@ fn test(args: &[OsString]) -> Result<i32> {
         steps.push(
             Step::cargo(
                 &format!("propagation and interop tests against nats-server {version}"),
-                ["test", "--all-features"],
+                ["test", "--workspace", "--all-features"],
                 &propagation,
             )
             .env(SERVER_BIN_ENV, &binary)
