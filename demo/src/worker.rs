@@ -7,15 +7,10 @@ use std::time::Duration;
 use async_nats::jetstream::{self, AckKind};
 use async_nats::Client;
 use futures::StreamExt as _;
-use nats_otel::fallback::decode_record;
-use nats_otel::{
-    consume::MessageMeta, propagation::HeaderExtractor, ContextSource, ExtractionRecord,
-    KvFallback, MessageContextExt, Publish, TraceContextStreamExt,
-};
-use opentelemetry::propagation::TextMapPropagator as _;
+use nats_otel::propagation::HeaderExtractor;
+use nats_otel::{ExtractionRecord, KvFallback, MessageContextExt, Publish, TraceContextStreamExt};
 use opentelemetry::trace::{SpanId, TraceContextExt as _, TraceId};
 use opentelemetry::Context;
-use opentelemetry_sdk::propagation::TraceContextPropagator;
 use serde::Serialize;
 use tokio::sync::mpsc;
 use tower::ServiceExt as _;
@@ -116,7 +111,7 @@ pub(crate) async fn run(
             }
             None => return Err(format!("the consumer {CONSUMER} stopped delivering").into()),
         };
-        let finished = handle_message(message, cx, results.clone(), fallback.as_ref()).await;
+        let finished = handle_message(message, cx, results.clone()).await;
         // The handler's spans and the `process` span have ended by now.
         println!("{}", finished.json_line());
         if let Some(done) = &done {
@@ -130,7 +125,6 @@ async fn handle_message(
     message: jetstream::Message,
     cx: Context,
     results: ResultPublisher,
-    fallback: Option<&KvFallback>,
 ) -> JobDone {
     // Create the span, make it a child of the message's context, then instrument.
     let span = info_span!("handle_job", job_id = tracing::field::Empty);
@@ -145,7 +139,11 @@ async fn handle_message(
 
     let record = cx.extraction().cloned();
     JobDone {
-        parent_span_id: remote_parent_span_id(&message, record.as_ref(), fallback).await,
+        // The producer's span the context continues, whichever source it came from.
+        parent_span_id: record
+            .as_ref()
+            .and_then(|r| r.remote_span_context())
+            .map(|sc| sc.span_id()),
         process_span_id: cx.span().span_context().span_id(),
         job_id: result.job_id,
         status: result.status,
@@ -153,35 +151,6 @@ async fn handle_message(
         record,
     }
     // `cx` drops here, ending the `process` span.
-}
-
-/// The span id of the `traceparent` the message's context came from: its headers, or its
-/// KV fallback record (read again here, for the report only).
-async fn remote_parent_span_id(
-    message: &jetstream::Message,
-    record: Option<&ExtractionRecord>,
-    fallback: Option<&KvFallback>,
-) -> Option<SpanId> {
-    let propagator = TraceContextPropagator::new();
-    let remote = match record?.source() {
-        ContextSource::Headers => {
-            propagator.extract(&HeaderExtractor::new(message.headers.as_ref()?))
-        }
-        ContextSource::Kv => {
-            let fallback = fallback?;
-            let input = MessageMeta::new(
-                message.subject.as_str(),
-                message.headers.as_ref(),
-                &message.payload,
-            );
-            let key = fallback.key().derive(&input).ok()?;
-            let entry = fallback.store().get(key).await.ok()??;
-            propagator.extract(&decode_record(&entry).ok()?)
-        }
-        _ => return None,
-    };
-    let span_context = remote.span().span_context().clone();
-    span_context.is_valid().then(|| span_context.span_id())
 }
 
 /// The work: decode, resize, ack, publish the result.

@@ -49,9 +49,14 @@ use async_nats::jetstream::{self, kv};
 
 use crate::telemetry::Metrics;
 
-pub use crate::propagation::kv_record::{decode_record, RecordError};
+pub use crate::propagation::kv_record::RecordError;
 pub use crate::propagation::record::{KeyError, MAX_ENCODED_KEY_LEN};
-pub use key::{decode_key, encode_key, FallbackKey};
+pub use key::FallbackKey;
+// For the fuzz targets (fuzz/), not part of the documented API.
+#[doc(hidden)]
+pub use crate::propagation::kv_record::decode_record;
+#[doc(hidden)]
+pub use key::{decode_key, encode_key};
 pub(crate) use lookup::lookup;
 
 /// The default lifetime of a record in a bucket created by
