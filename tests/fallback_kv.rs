@@ -219,10 +219,10 @@ async fn relay_drops_headers_kv_fallback_restores_the_producer_parent() {
         "the relay should have dropped the headers: {:?}",
         message.headers
     );
-    let record = cx.extraction().unwrap().clone();
-    assert_eq!(record.source(), ContextSource::Kv, "{record}");
-    assert_eq!(record.reason(), Some(&NoContextReason::NoHeaders));
-    assert_eq!(record.fallback_reason(), None);
+    let kv_record = cx.extraction().unwrap().clone();
+    assert_eq!(kv_record.source(), ContextSource::Kv, "{kv_record}");
+    assert_eq!(kv_record.reason(), Some(&NoContextReason::NoHeaders));
+    assert_eq!(kv_record.fallback_reason(), None);
     assert_eq!(cx.span().span_context().trace_id(), api_trace);
     message.ack().await.unwrap();
     drop(cx);
@@ -258,6 +258,17 @@ async fn relay_drops_headers_kv_fallback_restores_the_producer_parent() {
     assert_eq!(trace_id(&with_kv[0]), api_trace);
     assert_child_of(&with_kv[0], &producer);
     assert_attribute(&with_kv[0], "nats_otel.context.reason", "no_headers");
+    // The record names the producer's span it recovered from KV.
+    let remote = kv_record
+        .remote_span_context()
+        .expect("remote span context");
+    assert_eq!(remote.trace_id(), api_trace);
+    assert_eq!(remote.span_id(), span_id(&producer));
+    assert_eq!(
+        record.remote_span_context(),
+        None,
+        "no context, no remote span"
+    );
     assert_root(&without[0]);
     assert_ne!(trace_id(&without[0]), api_trace);
     assert_attribute(&without[0], "nats_otel.context.source", "none");

@@ -76,6 +76,10 @@ async fn payload_carrier_restores_the_api_parent_without_headers() {
     let process = telemetry.span("process jobs.payload");
     assert_child_of(&process, &api);
     assert_attribute(&process, "nats_otel.context.source", "payload");
+    // The record names the span the payload carrier held: the api span.
+    let remote = record.remote_span_context().expect("remote span context");
+    assert_eq!(remote.span_id(), span_id(&api));
+    assert_eq!(remote.trace_id(), trace_id(&api));
 }
 
 #[tokio::test]

@@ -10,7 +10,7 @@
 use std::borrow::Cow;
 use std::fmt;
 
-use opentelemetry::trace::SpanContext;
+use opentelemetry::trace::{SpanContext, SpanId, TraceFlags, TraceId, TraceState};
 
 use super::w3c::TraceparentProblem;
 
@@ -264,7 +264,9 @@ pub struct ExtractionRecord {
     fallback_reason: Option<NoContextReason>,
     header_name: Option<Cow<'static, str>>,
     notes: Vec<String>,
-    remote: Option<SpanContext>,
+    /// The remote span's ids and flags; not its trace state, so that
+    /// recording it costs no allocation per message.
+    remote: Option<(TraceId, SpanId, TraceFlags)>,
 }
 
 impl ExtractionRecord {
@@ -307,14 +309,17 @@ impl ExtractionRecord {
 
     /// Records the remote span context that was found (when it is valid).
     pub(crate) fn with_remote(mut self, remote: &SpanContext) -> Self {
-        self.remote = remote.is_valid().then(|| remote.clone());
+        self.remote = remote
+            .is_valid()
+            .then(|| (remote.trace_id(), remote.span_id(), remote.trace_flags()));
         self
     }
 
     /// The remote span context the message's context continues: the
-    /// producer's trace id and span id (the parent of the `process` span),
-    /// whichever [`source`](Self::source) it came from; `None` when the
-    /// source is [`ContextSource::None`].
+    /// producer's trace id, span id (the parent of the `process` span) and
+    /// flags, whichever [`source`](Self::source) it came from, marked remote;
+    /// `None` when the source is [`ContextSource::None`]. Its trace state is
+    /// left out (the `process` span carries it).
     ///
     /// # Examples
     ///
@@ -329,8 +334,10 @@ impl ExtractionRecord {
     /// assert_eq!(remote.trace_id().to_string(), "0af7651916cd43dd8448eb211c80319c");
     /// assert_eq!(remote.span_id().to_string(), "b7ad6b7169203331");
     /// ```
-    pub fn remote_span_context(&self) -> Option<&SpanContext> {
-        self.remote.as_ref()
+    pub fn remote_span_context(&self) -> Option<SpanContext> {
+        self.remote.map(|(trace_id, span_id, flags)| {
+            SpanContext::new(trace_id, span_id, flags, true, TraceState::NONE)
+        })
     }
 
     /// The headers gave nothing, but a fallback did.
