@@ -1,0 +1,353 @@
+//! Throughput against a real nats-server, each figure side by side with the raw
+//! async-nats way of doing the same thing, in one run.
+//!
+//! ```text
+//! cargo xtask install-server            # once: the pinned nats-server under target/
+//! cargo bench --features kv --bench throughput
+//! ```
+//!
+//! The benchmark starts its own nats-server (see the `nats-server-harness` crate in `harness/`
+//! for how the binary is found; `NATS_SERVER_BIN` overrides it). Each pair runs alternately (A
+//! then B, then B then A, ...) for `ROUNDS` rounds; the table shows the median rate of each side
+//! and the median of the per-round ratios. Settings (environment variables):
+//!
+//! | variable | default | meaning |
+//! |---|---|---|
+//! | `NATS_OTEL_BENCH_ROUNDS` | 11 | rounds per pair |
+//! | `NATS_OTEL_BENCH_MESSAGES` | 100000 | core publish and consume, per run |
+//! | `NATS_OTEL_BENCH_JS_MESSAGES` | 50000 | JetStream publish, per run |
+//! | `NATS_OTEL_BENCH_KV_MESSAGES` | 5000 | KV write-through, per run |
+//! | `NATS_OTEL_BENCH_WINDOW` | 256 | JetStream acks in flight (KV: a quarter of it) |
+//! | `NATS_OTEL_BENCH_RSS_MESSAGES` | 1000000 | messages consumed for the RSS check |
+//! | `NATS_OTEL_BENCH_PAYLOAD` | 128 | payload bytes |
+//! | `NATS_OTEL_BENCH_STORAGE` | `file` | storage of the benchmark's streams and KV bucket, `file` (JetStream's default) or `memory` |
+//! | `NATS_OTEL_BENCH_WORKERS` | 0 | worker threads of the client's runtime; 0 runs everything, the client's connection task included, on one thread (every nanosecond the layer adds shows); with workers, the connection task runs beside the publishing loop |
+//! | `NATS_OTEL_BENCH_ONLY` | (all) | comma-separated subset: `core`, `core_sampled`, `core_tracer`, `core_tracer_sampled`, `core_nospans`, `core_names`, `js`, `js_tracer`, `consume`, `consume_tracer`, `kv`, `rss` |
+//!
+//! Under `cargo test --benches` (no `--bench` argument) it does nothing.
+
+#[path = "../support/sdk.rs"]
+mod sdk;
+
+mod consume;
+mod harness;
+mod kv;
+mod publish;
+
+use consume::*;
+use harness::*;
+use kv::*;
+use publish::*;
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::context::PublishAckFuture;
+use async_nats::jetstream::{self, consumer, stream};
+use async_nats::{HeaderMap, Subject};
+use bytes::Bytes;
+use futures::stream::FuturesUnordered;
+use futures::StreamExt;
+use nats_otel::{
+    fallback::FallbackKey, propagation::HeaderInjector, publish::JetStreamSender, ContextSource,
+    CorePublisher, HeaderNames, JetStreamPublisher, KvFallback, MessageContextExt, Publish,
+    TraceContextStreamExt, TracePropagationLayer,
+};
+use nats_server_harness as server;
+use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::{SdkTracer, SdkTracerProvider};
+use tower::{Layer, Service, ServiceExt};
+use tracing::Dispatch;
+
+type Error = Box<dyn std::error::Error + Send + Sync>;
+type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// A traceparent of the length the layer writes, for the raw side.
+const TRACEPARENT: &str = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00";
+
+pub(crate) struct Settings {
+    pub(crate) rounds: usize,
+    pub(crate) messages: usize,
+    pub(crate) js_messages: usize,
+    pub(crate) kv_messages: usize,
+    pub(crate) window: usize,
+    pub(crate) rss_messages: usize,
+    pub(crate) payload: usize,
+    pub(crate) storage: stream::StorageType,
+    /// Worker threads of the runtime (0: the current thread only).
+    pub(crate) workers: usize,
+}
+
+pub(crate) fn env(name: &str, default: usize) -> usize {
+    match std::env::var(name) {
+        Ok(v) => v
+            .parse()
+            .unwrap_or_else(|_| panic!("{name}={v:?} is not a number")),
+        Err(_) => default,
+    }
+}
+
+impl Settings {
+    fn from_env() -> Self {
+        Self {
+            rounds: env("NATS_OTEL_BENCH_ROUNDS", 11).max(1),
+            messages: env("NATS_OTEL_BENCH_MESSAGES", 100_000).max(1),
+            js_messages: env("NATS_OTEL_BENCH_JS_MESSAGES", 50_000).max(1),
+            kv_messages: env("NATS_OTEL_BENCH_KV_MESSAGES", 5_000).max(1),
+            window: env("NATS_OTEL_BENCH_WINDOW", 256).max(1),
+            rss_messages: env("NATS_OTEL_BENCH_RSS_MESSAGES", 1_000_000),
+            payload: env("NATS_OTEL_BENCH_PAYLOAD", 128),
+            storage: match std::env::var("NATS_OTEL_BENCH_STORAGE").as_deref() {
+                Ok("memory") => stream::StorageType::Memory,
+                Ok("file") | Err(_) => stream::StorageType::File,
+                Ok(other) => panic!("NATS_OTEL_BENCH_STORAGE={other:?}: use file or memory"),
+            },
+            workers: env("NATS_OTEL_BENCH_WORKERS", 0),
+        }
+    }
+}
+
+fn print_table(rows: &[Row], s: &Settings) {
+    println!();
+    println!(
+        "| scenario | nats_otel (msg/s, median) | raw async-nats (msg/s, median) | ratio (median of {} paired rounds) | target |",
+        s.rounds
+    );
+    println!("|---|---:|---:|---:|---|");
+    for row in rows {
+        println!(
+            "| {} | {:.0} | {:.0} | {:.3} | {} |",
+            row.name,
+            median(&row.ours),
+            median(&row.raw),
+            median(&row.ratios),
+            row.target
+        );
+    }
+}
+
+fn main() -> Result<()> {
+    if !std::env::args().any(|a| a == "--bench") {
+        println!(
+            "throughput: skipped (run it with `cargo bench --features kv --bench throughput`)"
+        );
+        return Ok(());
+    }
+    let s = Settings::from_env();
+    // A generous write deadline: the benchmark's single-threaded client can
+    // be descheduled on a busy 2-core machine, and the default (10 s on
+    // 2.15, 2 s on older servers) would cut it off as a slow consumer.
+    let server = server::NatsServer::builder()
+        .config("write_deadline: \"60s\"\nmax_pending: 268435456\n")
+        .wait_healthy(true)
+        .start();
+    eprintln!(
+        "nats-server {} at {}; rounds {}, messages {}, JetStream {}, KV {}, window {}, payload {} B, streams on {:?}, runtime workers {}",
+        server.version(),
+        server.url(),
+        s.rounds,
+        s.messages,
+        s.js_messages,
+        s.kv_messages,
+        s.window,
+        s.payload,
+        s.storage,
+        s.workers
+    );
+    // The benchmark's loops run on this thread (`block_on`); with workers,
+    // the client's connection task runs beside them on a worker thread.
+    let rt = match s.workers {
+        0 => tokio::runtime::Builder::new_current_thread(),
+        n => {
+            let mut builder = tokio::runtime::Builder::new_multi_thread();
+            builder.worker_threads(n);
+            builder
+        }
+    }
+    .enable_all()
+    .build()?;
+    let (unsampled, unsampled_provider) = dispatch(false);
+    let (sampled, sampled_provider) = dispatch(true);
+    let payload = Bytes::from(vec![b'x'; s.payload]);
+
+    let (publisher, consumer, js) = rt.block_on(async {
+        let publisher = async_nats::connect(server.url()).await?;
+        let consumer = async_nats::ConnectOptions::new()
+            .subscription_capacity(2 * CHUNK + 1024)
+            .event_callback(|event| async move {
+                eprintln!("consumer connection event: {event}");
+            })
+            .connect(server.url())
+            .await?;
+        let js = jetstream::new(publisher.clone());
+        for (name, subject) in [("BENCH_JS", "bench.js"), ("BENCH_KV", "bench.kv")] {
+            js.create_stream(stream::Config {
+                name: name.into(),
+                subjects: vec![subject.into()],
+                storage: s.storage,
+                max_messages: 200_000,
+                ..Default::default()
+            })
+            .await?;
+        }
+        Result::<_>::Ok((publisher, consumer, js))
+    })?;
+    let barrier = rt.block_on(Barrier::new(&consumer))?;
+
+    let only = std::env::var("NATS_OTEL_BENCH_ONLY").unwrap_or_default();
+    let run = |key: &str| only.is_empty() || only.split(',').any(|k| k.trim() == key);
+    let mut rows = Vec::new();
+    let tracer = || Some(unsampled_provider.tracer("nats-otel"));
+    let core_rows = [
+        (
+            "core",
+            &unsampled,
+            Producer::Spans,
+            "core publish (spans unsampled)",
+            ">= 0.95",
+        ),
+        (
+            "core_sampled",
+            &sampled,
+            Producer::Spans,
+            "core publish (spans sampled, batch exporter to a no-op exporter)",
+            ">= 0.80",
+        ),
+        (
+            "core_tracer",
+            &unsampled,
+            Producer::TracerSpans(unsampled_provider.tracer("nats-otel")),
+            "core publish, `.tracer(...)` (spans unsampled)",
+            ">= 0.95",
+        ),
+        (
+            "core_tracer_sampled",
+            &sampled,
+            Producer::TracerSpans(sampled_provider.tracer("nats-otel")),
+            "core publish, `.tracer(...)` (spans sampled, batch exporter to a no-op exporter)",
+            ">= 0.80",
+        ),
+        (
+            "core_nospans",
+            &unsampled,
+            Producer::NoSpans(HeaderNames::Both),
+            "core publish, producer_spans(false): inject the caller's context only",
+            "(floor of the layer)",
+        ),
+    ];
+    for (key, dispatch, producer, name, target) in core_rows {
+        if run(key) {
+            let row = core_publish(
+                &publisher,
+                &barrier,
+                &s,
+                &payload,
+                producer,
+                None,
+                (name, target),
+            );
+            rows.push(with_dispatch(dispatch, &rt, row)?);
+        }
+    }
+    if run("core_names") {
+        // The cost of the default header names: the same layer, writing
+        // both names vs the lowercase ones alone, side by side.
+        let row = core_publish(
+            &publisher,
+            &barrier,
+            &s,
+            &payload,
+            Producer::NoSpans(HeaderNames::Both),
+            Some(Producer::NoSpans(HeaderNames::Lowercase)),
+            (
+                "core publish, producer_spans(false): HeaderNames::Both (default) vs Lowercase (the raw column)",
+                "(cost of the default names)",
+            ),
+        );
+        rows.push(with_dispatch(&unsampled, &rt, row)?);
+    }
+    let js_rows = [
+        ("js", None, "JetStream publish, acks pipelined (unsampled)"),
+        (
+            "js_tracer",
+            tracer(),
+            "JetStream publish, `.tracer(...)`, acks pipelined (unsampled)",
+        ),
+    ];
+    for (key, tracer, name) in js_rows {
+        if run(key) {
+            let row = jetstream_publish(&js, &s, &payload, tracer, name);
+            rows.push(with_dispatch(&unsampled, &rt, row)?);
+        }
+    }
+    let consume_rows = [
+        (
+            "consume",
+            None,
+            "consume: adapter vs raw subscriber + manual extraction (unsampled)",
+        ),
+        (
+            "consume_tracer",
+            tracer(),
+            "consume, `.tracer(...)`: adapter vs raw subscriber + manual extraction (unsampled)",
+        ),
+    ];
+    for (key, tracer, name) in consume_rows {
+        if run(key) {
+            let row = consume(&publisher, &consumer, &barrier, &s, &payload, tracer, name);
+            rows.push(with_dispatch(&unsampled, &rt, row)?);
+        }
+    }
+    let kv = if run("kv") {
+        let (row, reads, from_headers) =
+            with_dispatch(&unsampled, &rt, kv_write_through(&js, &s, &payload))?;
+        rows.push(row);
+        Some((reads, from_headers))
+    } else {
+        None
+    };
+    let rss = if s.rss_messages > 0 && run("rss") {
+        Some(with_dispatch(
+            &unsampled,
+            &rt,
+            rss(&publisher, &consumer, &barrier, s.rss_messages, &payload),
+        )?)
+    } else {
+        None
+    };
+
+    print_table(&rows, &s);
+    println!();
+    for (what, full) in [
+        ("traceparent only", false),
+        ("with tracestate and a two-member baggage", true),
+    ] {
+        println!(
+            "Header block per message, {what}: {} bytes with HeaderNames::Lowercase, {} with HeaderNames::Both (default), {} with HeaderNames::Canonical",
+            header_bytes(HeaderNames::Lowercase, full),
+            header_bytes(HeaderNames::Both, full),
+            header_bytes(HeaderNames::Canonical, full),
+        );
+    }
+    if let Some((kv_reads, from_headers)) = kv {
+        println!(
+            "KV reads while consuming {from_headers} messages with intact headers (fallback configured): {kv_reads} (target: 0)"
+        );
+    }
+    if let Some((before, after, took)) = rss {
+        let growth = after as i64 - before as i64;
+        println!(
+            "RSS consuming {} messages through the adapter: {:.1} MiB before, {:.1} MiB after, growth {:.2} MiB in {:.1} s (target: < 5 MiB)",
+            s.rss_messages,
+            before as f64 / 1024.0,
+            after as f64 / 1024.0,
+            growth as f64 / 1024.0,
+            took.as_secs_f64()
+        );
+    }
+    let _ = sampled_provider.shutdown();
+    let _ = unsampled_provider.shutdown();
+    Ok(())
+}
