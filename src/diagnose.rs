@@ -5,6 +5,16 @@
 //! subscriber, OpenTelemetry layer, tracer and sampler);
 //! [`diagnose_client`] also asks the server whether it carries headers.
 //! Each problem is a typed [`Finding`] with a [`fix`](Finding::fix).
+//!
+//! # Examples
+//!
+//! ```
+//! // A process with no `tracing` subscriber at all: the check says what is
+//! // missing and how to fix it.
+//! for finding in nats_otel::diagnose() {
+//!     println!("{finding}: {}", finding.fix());
+//! }
+//! ```
 
 use std::fmt;
 

@@ -36,6 +36,26 @@
 //! anything is sent ([`WritePolicy::Required`]); a failed or slow lookup
 //! costs at most the lookup timeout for that message, which is then yielded
 //! as a new root with the reason recorded — never lost.
+//!
+//! # Examples
+//!
+//! The same policy on both sides; the key comes from the subject's second
+//! token, which survives a relay that drops headers:
+//!
+//! ```no_run
+//! use nats_otel::fallback::FallbackKey;
+//! use nats_otel::{KvFallback, TraceContextStreamExt, TracePropagationLayer};
+//!
+//! # async fn run(js: async_nats::jetstream::Context, consumer: async_nats::jetstream::consumer::PullConsumer) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+//! let bucket = KvFallback::open_bucket(&js, "trace_carriers").await?;
+//! let fallback = KvFallback::new(bucket, FallbackKey::subject_token(1));
+//!
+//! let publish_layer = TracePropagationLayer::new().fallback(fallback.clone());
+//! let jobs = consumer.messages().await?.with_trace_context().fallback(fallback);
+//! # let _ = (publish_layer, jobs);
+//! # Ok(())
+//! # }
+//! ```
 
 mod key;
 mod lookup;
