@@ -1,7 +1,7 @@
 use std::fmt;
 use std::sync::Arc;
 
-use opentelemetry::trace::{Link, Span as _, SpanBuilder, SpanKind, TraceContextExt, Tracer};
+use opentelemetry::trace::TraceContextExt;
 use opentelemetry::{Context, KeyValue};
 use tracing::Span;
 use tracing_opentelemetry::{OpenTelemetrySpanExt, SetParentError};
@@ -15,6 +15,7 @@ use crate::propagation::{ContextSource, ExtractionRecord};
 use crate::telemetry::Metrics;
 use crate::telemetry::{captured_headers, SpanNameFn};
 use crate::telemetry::{operation_span_name, SpanTracer};
+use crate::telemetry::{InContext, Operation, OperationType, Parent};
 
 /// What the adapter stores in a yielded [`Context`]: the extraction record
 /// and, with `tracing` spans, the CONSUMER `process` span (which ends when
@@ -117,66 +118,48 @@ pub(crate) fn process_context(
         }
         return with_record(remote, record);
     }
-    let name = match &options.span_name {
+    let span_name = match &options.span_name {
         Some(f) => f(subject),
         None => operation_span_name("process", subject),
     };
-    match &options.tracer {
-        SpanTracer::Tracing => {}
-        SpanTracer::Sdk(tracer) => {
-            return otel_process_context(tracer, name, meta, remote, record, options)
-        }
-        SpanTracer::Boxed(tracer) => {
-            return otel_process_context(tracer.as_ref(), name, meta, remote, record, options)
-        }
-    }
-    // The attributes a sampler may look at are span fields; the rest are set
-    // on the OpenTelemetry span once it is started, and only if it records
-    // (each `tracing` field costs an allocation whether or not it is kept).
-    let span = tracing::info_span!(
-        target: "nats_otel",
-        parent: None,
-        "process",
-        otel.name = name,
-        otel.kind = "consumer",
-        { semconv::MESSAGING_SYSTEM } = "nats",
-        { semconv::MESSAGING_DESTINATION_NAME } = subject,
-        { semconv::MESSAGING_OPERATION_TYPE } = "process",
-        { semconv::MESSAGING_OPERATION_NAME } = "process",
-    );
     let redelivered = meta.jetstream.as_ref().is_some_and(|js| js.delivered > 1);
-
-    // The parent must be set before anything starts the span.
-    let remote_span = remote.span().span_context().clone();
-    if redelivered && options.redelivery == Redelivery::NewTraceWithLink && remote_span.is_valid() {
-        let _ = span.set_parent(Context::new());
-        span.add_link(remote_span);
+    let parent = if redelivered
+        && options.redelivery == Redelivery::NewTraceWithLink
+        && remote.span().span_context().is_valid()
+    {
+        Parent::Root(Some(&remote))
     } else {
-        let _ = span.set_parent(remote.clone());
-    }
-    let cx = span.context();
-    let cx = if cx.span().span_context().is_valid() {
-        let otel_span = cx.span();
-        if otel_span.is_recording() {
-            otel_span.set_attributes(recorded_attributes(meta, &record, options));
-        }
-        cx
-    } else {
-        // No OpenTelemetry layer, or the span is filtered out: hand the
-        // remote context to the handler directly.
-        remote
+        Parent::Context(remote)
     };
+    let operation = Operation {
+        kind: OperationType::Process,
+        name: "process",
+        destination: Some(subject),
+        span_name: span_name.into(),
+    };
+    let (cx, span) = operation.start_in_context(&options.tracer, parent, || {
+        recorded_attributes(meta, &record, options)
+    });
 
     if record.source() == ContextSource::None {
         if let Some(reason) = record.reason() {
-            let _entered = span.enter();
+            let _entered = match &span {
+                InContext::Tracing(span) => Some(span.enter()),
+                _ => None,
+            };
             warn::no_context(subject, reason);
         }
     }
+    let (span, tracer) = match span {
+        InContext::Tracing(span) => (Some(span), None),
+        // Settle spans under this context are made with the same tracer.
+        InContext::Tracer => (None, Some(options.tracer.clone())),
+        InContext::Empty => (None, None),
+    };
     cx.with_value(Consumed {
         record,
-        span: Some(span),
-        tracer: None,
+        span,
+        tracer,
     })
 }
 
@@ -217,64 +200,6 @@ fn recorded_attributes(
     }
     attributes.extend(captured_headers(meta.headers, &options.capture_headers));
     attributes
-}
-
-/// [`process_context`] with a span made by an OpenTelemetry tracer: the
-/// attributes a sampler may look at are given at creation, the rest only
-/// when the span is recorded.
-fn otel_process_context<T>(
-    tracer: &T,
-    name: String,
-    meta: &MessageMeta<'_>,
-    remote: Context,
-    record: ExtractionRecord,
-    options: &ProcessOptions,
-) -> Context
-where
-    T: Tracer,
-    T::Span: Send + Sync + 'static,
-{
-    let subject = meta.subject;
-    let mut builder = SpanBuilder::from_name(name)
-        .with_kind(SpanKind::Consumer)
-        .with_attributes([
-            KeyValue::new(semconv::MESSAGING_SYSTEM, "nats"),
-            KeyValue::new(semconv::MESSAGING_DESTINATION_NAME, subject.to_owned()),
-            KeyValue::new(semconv::MESSAGING_OPERATION_TYPE, "process"),
-            KeyValue::new(semconv::MESSAGING_OPERATION_NAME, "process"),
-        ]);
-    let remote_span = remote.span().span_context().clone();
-    let redelivered = meta.jetstream.is_some_and(|js| js.delivered > 1);
-    let parent = if redelivered
-        && options.redelivery == Redelivery::NewTraceWithLink
-        && remote_span.is_valid()
-    {
-        builder = builder.with_links(vec![Link::with_context(remote_span)]);
-        Context::new()
-    } else {
-        remote
-    };
-    let mut span = tracer.build_with_context(builder, &parent);
-    if span.is_recording() {
-        span.set_attributes(recorded_attributes(meta, &record, options));
-    }
-    if record.source() == ContextSource::None {
-        if let Some(reason) = record.reason() {
-            warn::no_context(subject, reason);
-        }
-    }
-    if span.span_context().is_valid() {
-        parent.with_span(span).with_value(Consumed {
-            record,
-            span: None,
-            tracer: Some(options.tracer.clone()),
-        })
-    } else {
-        // The tracer made an empty span (a provider that was shut down,
-        // suppressed telemetry): hand the extracted context to the handler
-        // directly, as the `tracing` path does without a layer.
-        with_record(parent, record)
-    }
 }
 
 /// Reading what the consumer adapter stored in a yielded [`Context`], and

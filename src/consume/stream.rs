@@ -4,12 +4,9 @@ use std::sync::Arc;
 use std::task::{ready, Context as TaskContext, Poll};
 
 use futures::future::BoxFuture;
-use opentelemetry::global::BoxedSpan;
-use opentelemetry::trace::{Span as OtelSpan, SpanBuilder, SpanContext, SpanKind, TraceContextExt};
+use opentelemetry::trace::TraceContextExt;
 use opentelemetry::KeyValue;
 use opentelemetry_semantic_conventions::attribute as semconv;
-use tracing::Span;
-use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use futures::Stream;
 use opentelemetry::propagation::TextMapPropagator;
@@ -26,7 +23,8 @@ use crate::propagation::{
     context_from_carrier, extract_headers, ContextSource, ExtractionRecord, NoContextReason,
 };
 use crate::subject::SubjectFilter;
-use crate::telemetry::SpanTracer;
+use crate::telemetry::{operation_span_name, SpanTracer};
+use crate::telemetry::{MessagingSpan, Operation, OperationType, Parent};
 
 /// Turns a consumed message into the [`Context`] its handler should run in.
 ///
@@ -498,119 +496,63 @@ pin_project! {
 
 /// The optional CLIENT `receive` span over a whole batch.
 struct ReceiveSpan {
-    span: ReceiveHandle,
+    /// Started when the adapter is first polled.
+    span: Option<MessagingSpan>,
     named: bool,
     messages: i64,
-}
-
-/// The `receive` span itself: not started yet, a `tracing` span, or one
-/// made by the adapter's OpenTelemetry tracer.
-enum ReceiveHandle {
-    NotStarted,
-    Tracing(Span),
-    Sdk(Box<opentelemetry_sdk::trace::Span>),
-    Boxed(BoxedSpan),
 }
 
 impl ReceiveSpan {
     fn new() -> Self {
         Self {
-            span: ReceiveHandle::NotStarted,
+            span: None,
             named: false,
             messages: 0,
         }
     }
 
-    /// Starts the span (a root) the first time the adapter is polled.
+    /// Starts the span (a root) the first time the adapter is polled; its
+    /// destination is known with the first message.
     fn start_once(&mut self, tracer: &SpanTracer) {
-        if !matches!(self.span, ReceiveHandle::NotStarted) {
-            return;
-        }
-        self.span = match tracer {
-            SpanTracer::Tracing => ReceiveHandle::Tracing(tracing::info_span!(
-                target: "nats_otel",
-                parent: None,
-                "receive",
-                otel.name = "receive",
-                otel.kind = "client",
-                { semconv::MESSAGING_SYSTEM } = "nats",
-                { semconv::MESSAGING_OPERATION_TYPE } = "receive",
-                { semconv::MESSAGING_OPERATION_NAME } = "receive",
-            )),
-            SpanTracer::Sdk(tracer) => ReceiveHandle::Sdk(Box::new(receive_tracer_span(tracer))),
-            SpanTracer::Boxed(tracer) => ReceiveHandle::Boxed(receive_tracer_span(tracer.as_ref())),
-        };
+        self.span.get_or_insert_with(|| {
+            let operation = Operation {
+                kind: OperationType::Receive,
+                name: "receive",
+                destination: None,
+                span_name: "receive".into(),
+            };
+            operation.start(tracer, Parent::Root(None))
+        });
     }
 
     /// Links the message's creation context and names the span after the
     /// first message's stream (or subject).
     fn link(&mut self, meta: &MessageMeta<'_>, remote: &Context) {
-        fn otel<S: OtelSpan>(span: &mut S, name: Option<(String, String)>, creation: SpanContext) {
-            if let Some((name, destination)) = name {
-                span.update_name(name);
-                span.set_attribute(KeyValue::new(
-                    semconv::MESSAGING_DESTINATION_NAME,
-                    destination,
-                ));
-            }
-            if creation.is_valid() {
-                span.add_link(creation, Vec::new());
-            }
-        }
         self.messages += 1;
-        let name = (!self.named).then(|| {
+        let Some(span) = self.span.as_mut() else {
+            return;
+        };
+        if !self.named {
             self.named = true;
             let destination = meta.jetstream.map_or(meta.subject, |js| js.stream);
-            (format!("receive {destination}"), destination.to_owned())
-        });
-        let creation = remote.span().span_context().clone();
-        match &mut self.span {
-            ReceiveHandle::NotStarted => {}
-            ReceiveHandle::Tracing(span) => {
-                if let Some((name, destination)) = name {
-                    span.record("otel.name", name.as_str());
-                    span.set_attribute(semconv::MESSAGING_DESTINATION_NAME, destination);
-                }
-                if creation.is_valid() {
-                    span.add_link(creation);
-                }
-            }
-            ReceiveHandle::Sdk(span) => otel(span.as_mut(), name, creation),
-            ReceiveHandle::Boxed(span) => otel(span, name, creation),
+            span.update_name(operation_span_name("receive", destination));
+            span.set_attribute(KeyValue::new(
+                semconv::MESSAGING_DESTINATION_NAME,
+                destination.to_owned(),
+            ));
         }
+        span.add_link(remote.span().span_context());
     }
 
     fn end(self) {
-        let count = KeyValue::new(semconv::MESSAGING_BATCH_MESSAGE_COUNT, self.messages);
-        match self.span {
-            ReceiveHandle::NotStarted => {}
-            // Ends when dropped, here.
-            ReceiveHandle::Tracing(span) => span.set_attribute(count.key, count.value),
-            ReceiveHandle::Sdk(mut span) => {
-                span.set_attribute(count);
-                span.end();
-            }
-            ReceiveHandle::Boxed(mut span) => {
-                span.set_attribute(count);
-                span.end();
-            }
+        if let Some(mut span) = self.span {
+            span.set_attribute(KeyValue::new(
+                semconv::MESSAGING_BATCH_MESSAGE_COUNT,
+                self.messages,
+            ));
+            span.end();
         }
     }
-}
-
-/// A `receive` span made with an OpenTelemetry tracer: a root, its
-/// sampling-relevant attributes given at creation.
-fn receive_tracer_span<T: Tracer>(tracer: &T) -> T::Span {
-    tracer.build_with_context(
-        SpanBuilder::from_name("receive")
-            .with_kind(SpanKind::Client)
-            .with_attributes([
-                KeyValue::new(semconv::MESSAGING_SYSTEM, "nats"),
-                KeyValue::new(semconv::MESSAGING_OPERATION_TYPE, "receive"),
-                KeyValue::new(semconv::MESSAGING_OPERATION_NAME, "receive"),
-            ]),
-        &Context::new(),
-    )
 }
 
 /// A message waiting for its KV lookup.

@@ -1,19 +1,18 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context as TaskContext, Poll};
 
-use opentelemetry::trace::{Span as _, SpanBuilder, SpanKind, TraceContextExt, Tracer};
-use opentelemetry::{Context, KeyValue};
+use opentelemetry::trace::TraceContextExt;
+use opentelemetry::KeyValue;
 use tower_service::Service;
-use tracing::Span;
-use tracing_opentelemetry::OpenTelemetrySpanExt;
 
-use super::future::{ProducerSpan, ResponseFuture};
+use super::future::ResponseFuture;
 use super::layer::TracePropagationLayer;
 use super::request::PublishMessage;
 use crate::propagation::TRACEPARENT;
 use crate::propagation::{find_header, HeaderInjector};
 use crate::telemetry::captured_headers;
-use crate::telemetry::{caller_context, operation_span_name, SpanTracer};
+use crate::telemetry::{caller_context, operation_span_name};
+use crate::telemetry::{MessagingSpan, Operation, OperationType, Parent};
 use opentelemetry_semantic_conventions::attribute as semconv;
 
 /// The NATS header JetStream uses for de-duplication; recorded as the
@@ -25,7 +24,8 @@ const NATS_MSG_ID: &str = "Nats-Msg-Id";
 /// For each request it:
 /// 1. picks the parent context: the request's explicit
 ///    [`parent_context`](PublishMessage::parent_context), else the current
-///    `tracing` span's OpenTelemetry context, else [`Context::current`];
+///    `tracing` span's OpenTelemetry context, else
+///    [`Context::current`](opentelemetry::Context::current);
 /// 2. starts a PRODUCER span `publish {subject}` as its child;
 /// 3. injects the PRODUCER span's context into the headers — unless the
 ///    caller already set a `traceparent` (in any casing), which is kept;
@@ -110,45 +110,24 @@ where
         let layer = &self.layer;
         if !layer.skip.is_empty() && layer.skip.matches(request.subject()) {
             layer.metrics.skipped("publish");
-            return ResponseFuture::new(self.inner.call(request), ProducerSpan::None);
+            return ResponseFuture::new(self.inner.call(request), MessagingSpan::None);
         }
         let explicit = request.parent_context().cloned();
-        // The span, and the context to inject: the span's own (tracing), or
-        // its parent's, the span's context being injected over it.
-        let (mut span, cx) = match (&layer.tracer, layer.spans_disabled) {
-            (_, true) => (ProducerSpan::None, explicit.unwrap_or_else(caller_context)),
-            (SpanTracer::Sdk(tracer), false) => {
-                let parent = explicit.unwrap_or_else(caller_context);
-                let span = otel_producer_span(tracer, &request, layer, &parent);
-                (ProducerSpan::Sdk(Box::new(span)), parent)
-            }
-            (SpanTracer::Boxed(tracer), false) => {
-                let parent = explicit.unwrap_or_else(caller_context);
-                let span = otel_producer_span(tracer.as_ref(), &request, layer, &parent);
-                (ProducerSpan::Boxed(span), parent)
-            }
-            (SpanTracer::Tracing, false) => {
-                let span = producer_span(&request, layer);
-                if let Some(parent) = &explicit {
-                    // Without an OpenTelemetry layer this fails; the explicit
-                    // context is then injected directly below.
-                    let _ = span.set_parent(parent.clone());
-                }
-                let cx = span.context();
-                let cx = if cx.span().span_context().is_valid() {
-                    let otel_span = cx.span();
-                    if otel_span.is_recording() {
-                        otel_span.set_attributes(recorded_attributes(&request, layer));
-                    }
-                    cx
-                } else {
-                    // No OpenTelemetry layer (or the span is filtered out):
-                    // the explicit, current-span or current OpenTelemetry
-                    // context, so that propagation works without one.
-                    explicit.unwrap_or_else(caller_context)
-                };
-                (ProducerSpan::Tracing(span), cx)
-            }
+        // The span, and the context to inject: a `tracing` span's own, or
+        // the parent of a tracer span, whose context is injected over it.
+        let (mut span, cx) = if layer.spans_disabled {
+            (MessagingSpan::None, explicit.unwrap_or_else(caller_context))
+        } else {
+            let subject = request.subject();
+            let operation = Operation {
+                kind: OperationType::Send,
+                name: "publish",
+                destination: Some(subject),
+                span_name: span_name(subject, layer).into(),
+            };
+            operation.start_with(&layer.tracer, Parent::Caller(explicit), || {
+                recorded_attributes(&request, layer)
+            })
         };
 
         let caller_set_traceparent = request
@@ -160,7 +139,7 @@ where
             let (valid, skipped) = {
                 let mut injector =
                     HeaderInjector::new(request.headers_mut()).header_names(layer.header_names);
-                let valid = match span.otel_span_context().filter(|sc| sc.is_valid()) {
+                let valid = match span.span_context().filter(|sc| sc.is_valid()) {
                     Some(sc) => {
                         layer.propagator.inject_span(sc, &cx, &mut injector);
                         true
@@ -187,14 +166,14 @@ where
                     vec![KeyValue::new("reason", skip.to_string())],
                 );
                 let subject = request.subject();
-                match &span {
-                    ProducerSpan::Tracing(span) => tracing::warn!(
+                match span.tracing_span() {
+                    Some(span) => tracing::warn!(
                         target: "nats_otel",
                         parent: span,
                         subject,
                         "trace header limited or not injected: {skip}"
                     ),
-                    _ => tracing::warn!(
+                    None => tracing::warn!(
                         target: "nats_otel",
                         subject,
                         "trace header limited or not injected: {skip}"
@@ -205,8 +184,8 @@ where
         drop(cx);
 
         let instrument = layer.instrument_inner.unwrap_or(false);
-        let future = match &span {
-            ProducerSpan::Tracing(span) if instrument => {
+        let future = match span.tracing_span() {
+            Some(span) if instrument => {
                 let _entered = span.enter();
                 self.inner.call(request)
             }
@@ -214,25 +193,6 @@ where
         };
         ResponseFuture::new(future, span).entered_on_poll(instrument)
     }
-}
-
-/// The PRODUCER span as a `tracing` span. The attributes a sampler may look
-/// at are span fields; the rest are set on the OpenTelemetry span once it is
-/// started, and only if it records ([`recorded_attributes`]): a `tracing`
-/// field costs an allocation whether or not the span is kept.
-fn producer_span<R: PublishMessage>(request: &R, layer: &TracePropagationLayer) -> Span {
-    let subject = request.subject();
-    let name = span_name(subject, layer);
-    tracing::info_span!(
-        target: "nats_otel",
-        "publish",
-        otel.name = name,
-        otel.kind = "producer",
-        { semconv::MESSAGING_SYSTEM } = "nats",
-        { semconv::MESSAGING_DESTINATION_NAME } = subject,
-        { semconv::MESSAGING_OPERATION_TYPE } = "send",
-        { semconv::MESSAGING_OPERATION_NAME } = "publish",
-    )
 }
 
 /// The PRODUCER span's attributes that are set only on a recorded span: the
@@ -259,31 +219,6 @@ fn span_name(subject: &str, layer: &TracePropagationLayer) -> String {
         Some(f) => f(subject),
         None => operation_span_name("publish", subject),
     }
-}
-
-/// The PRODUCER span made with an OpenTelemetry tracer. The attributes a
-/// sampler may look at are given at creation; the rest only when the span
-/// is recorded.
-fn otel_producer_span<T: Tracer, R: PublishMessage>(
-    tracer: &T,
-    request: &R,
-    layer: &TracePropagationLayer,
-    parent: &Context,
-) -> T::Span {
-    let subject = request.subject();
-    let builder = SpanBuilder::from_name(span_name(subject, layer))
-        .with_kind(SpanKind::Producer)
-        .with_attributes([
-            KeyValue::new(semconv::MESSAGING_SYSTEM, "nats"),
-            KeyValue::new(semconv::MESSAGING_DESTINATION_NAME, subject.to_owned()),
-            KeyValue::new(semconv::MESSAGING_OPERATION_TYPE, "send"),
-            KeyValue::new(semconv::MESSAGING_OPERATION_NAME, "publish"),
-        ]);
-    let mut span = tracer.build_with_context(builder, parent);
-    if span.is_recording() {
-        span.set_attributes(recorded_attributes(request, layer));
-    }
-    span
 }
 
 fn warn_invalid_context_once(subject: &str) {

@@ -1,12 +1,10 @@
-//! What the publish and consume sides' spans share: span naming, captured
-//! headers as attributes, and the error type.
+//! What the publish and consume sides' spans share besides the span
+//! itself: span naming and captured headers as attributes.
 
 use std::sync::Arc;
 
 use async_nats::HeaderMap;
 use opentelemetry::KeyValue;
-use tracing::Span;
-use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::attr;
 use crate::propagation::find_header;
@@ -29,12 +27,4 @@ pub(crate) fn captured_headers<'a>(
             })
         })
     })
-}
-
-/// Sets `error.type` on a `tracing` span's OpenTelemetry span.
-pub(crate) fn record_error_type(span: &Span, error_type: &str) {
-    span.set_attribute(
-        opentelemetry_semantic_conventions::attribute::ERROR_TYPE,
-        error_type.to_owned(),
-    );
 }
