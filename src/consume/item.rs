@@ -1,6 +1,8 @@
 use async_nats::Message;
 
-use crate::propagation::message::{JetStreamMeta, MessageMeta};
+#[cfg(feature = "jetstream")]
+use crate::propagation::message::JetStreamMeta;
+use crate::propagation::MessageMeta;
 use opentelemetry::Context;
 
 /// An item of a consumer stream that the
