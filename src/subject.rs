@@ -1,7 +1,12 @@
-//! Subject filters with NATS wildcards, to leave some subjects untraced.
+//! Subject filters with NATS wildcards, to leave some subjects untraced,
+//! and subject templates, to name spans after low-cardinality destinations.
 
 use std::fmt;
 use std::sync::Arc;
+
+mod template;
+
+pub use template::{InvalidSubjectPattern, SubjectTemplates};
 
 /// A set of NATS subject patterns (`*` matches one token, `>` one or more
 /// trailing tokens).

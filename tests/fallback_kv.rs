@@ -14,9 +14,9 @@ use futures::StreamExt;
 use nats_otel::fallback::{BucketError, KeyError};
 use nats_otel::{
     consume::MessageMeta, consume::NoContextReason, fallback::FallbackKey, fallback::WritePolicy,
-    propagation::TRACEPARENT, publish::FallbackError, publish::KvFallbackService,
-    publish::TracePropagation, ContextExtractingConsumer, ContextSource, CorePublisher, KvFallback,
-    MessageContextExt, Publish, TraceContextStreamExt, TracePropagationLayer,
+    propagation::TRACEPARENT, publish::Error as PublishError, publish::TracePropagation,
+    ContextExtractingConsumer, ContextSource, CorePublisher, KvFallback, MessageContextExt,
+    Publish, TraceContextStreamExt, TracePropagationLayer,
 };
 use opentelemetry::trace::{Status, TraceContextExt, TraceId};
 use opentelemetry_sdk::trace::SpanData;
@@ -56,10 +56,7 @@ async fn subject_token_kv(js: &jetstream::Context) -> KvFallback {
 }
 
 /// A core publisher through the layer, writing carriers to `kv`.
-fn kv_publisher(
-    client: &Client,
-    kv: &KvFallback,
-) -> TracePropagation<KvFallbackService<CorePublisher>> {
+fn kv_publisher(client: &Client, kv: &KvFallback) -> TracePropagation<CorePublisher> {
     TracePropagationLayer::new()
         .fallback(kv.clone())
         .layer(CorePublisher::new(client.clone()))
@@ -569,11 +566,11 @@ async fn required_write_failure_publishes_nothing() {
     .instrument(tracing::info_span!("api"))
     .await;
     match result {
-        Err(FallbackError::KvWrite(error)) => {
+        Err(PublishError::KvWrite(error)) => {
             assert_eq!(error.bucket(), "doomed");
             assert_eq!(error.key(), "e1");
         }
-        other => panic!("expected FallbackError::KvWrite, got {other:?}"),
+        other => panic!("expected Error::KvWrite, got {other:?}"),
     }
     client.flush().await.unwrap();
     let seen = tokio::time::timeout(Duration::from_millis(300), events.next()).await;
@@ -619,6 +616,83 @@ async fn best_effort_write_failure_publishes_and_records_an_event() {
         producer.events.events
     );
     assert!(!matches!(producer.status, Status::Error { .. }));
+}
+
+/// `.fallback(..)` keeps the layer's and the service's types, and means
+/// the same before or after any other builder call: a failed best-effort
+/// write is an event on the PRODUCER span, whether that span is a `tracing`
+/// span (entered or not) or made with a tracer.
+#[tokio::test]
+async fn fallback_in_any_builder_order_records_on_the_producer_span() {
+    let telemetry = Telemetry::install();
+    let server = NatsServer::start();
+    let (client, js) = connect_jetstream(&server).await;
+    let store = KvFallback::open_bucket(&js, "doomed").await.unwrap();
+    js.delete_key_value("doomed").await.unwrap();
+    let kv = KvFallback::new(store, FallbackKey::subject_token(1));
+    let watcher = connect(&server).await;
+    let mut events = subscribed(&watcher, "events.>").await;
+
+    let core = || CorePublisher::new(client.clone());
+    let layers: Vec<(&str, TracePropagationLayer)> = vec![
+        (
+            "fallback_first",
+            TracePropagationLayer::new()
+                .fallback(kv.clone())
+                .instrument_inner(false),
+        ),
+        (
+            "fallback_last",
+            TracePropagationLayer::new()
+                .instrument_inner(false)
+                .fallback(kv.clone()),
+        ),
+        (
+            "entered",
+            TracePropagationLayer::new()
+                .fallback(kv.clone())
+                .instrument_inner(true),
+        ),
+        (
+            "tracer_first",
+            TracePropagationLayer::new()
+                .tracer(telemetry.tracer())
+                .fallback(kv.clone()),
+        ),
+        (
+            "tracer_last",
+            TracePropagationLayer::new()
+                .fallback(kv.clone())
+                .tracer(telemetry.tracer()),
+        ),
+    ];
+    let mut publishers: Vec<(&str, TracePropagation<CorePublisher>)> = layers
+        .into_iter()
+        .map(|(name, layer)| (name, layer.layer(core())))
+        .collect();
+    // Without the fallback: the same service type.
+    publishers.push(("none", TracePropagationLayer::new().layer(core())));
+
+    for (name, publisher) in &mut publishers {
+        publish_in_api_span(publisher, &format!("events.{name}"), "{}".into()).await;
+        let message = next(&mut events).await;
+        assert_eq!(message.subject.as_str(), format!("events.{name}"));
+    }
+    assert_eq!(
+        kv.stats().write_failures,
+        5,
+        "one failed write per layer with the fallback"
+    );
+    for (name, _) in &publishers {
+        let producer = telemetry.span(&format!("publish events.{name}"));
+        assert_eq!(
+            has_event(&producer, "nats_otel.fallback_write_failed"),
+            *name != "none",
+            "{name}: events {:?}",
+            producer.events.events
+        );
+        assert!(!matches!(producer.status, Status::Error { .. }), "{name}");
+    }
 }
 
 #[tokio::test]

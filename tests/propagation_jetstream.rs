@@ -183,6 +183,10 @@ async fn jetstream_publish_without_stream_returns_the_error_and_marks_the_span()
     }
     .instrument(api)
     .await;
+    assert_eq!(err.to_string(), bare.to_string(), "the message is unchanged");
+    let err = err
+        .into_publish_error()
+        .expect("the inner service's error, not a KV write's");
     assert_eq!(err.kind(), PublishErrorKind::StreamNotFound, "{err}");
     assert_eq!(err.kind(), bare.kind());
     assert_eq!(err.to_string(), bare.to_string(), "the error is unchanged");

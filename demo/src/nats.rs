@@ -145,21 +145,13 @@ pub(crate) fn job_publisher(js: jetstream::Context, publishing: JobPublishing) -
         std::convert::identity
     };
     let sender = JetStreamPublisher::new(js).map_request(relay);
-    match publishing.fallback {
-        // `FallbackError::KvWrite` only comes with `WritePolicy::Required`: here a failed
-        // write is logged and the job still sent.
-        Some(fallback) => BoxCloneSyncService::new(
-            TracePropagationLayer::new()
-                .fallback(fallback)
-                .layer(sender)
-                .map_err(BoxError::from),
-        ),
-        None => BoxCloneSyncService::new(
-            TracePropagationLayer::new()
-                .layer(sender)
-                .map_err(BoxError::from),
-        ),
+    let mut layer = TracePropagationLayer::new();
+    // `Error::KvWrite` only comes with `WritePolicy::Required`: here a failed write is
+    // logged and the job still sent.
+    if let Some(fallback) = publishing.fallback {
+        layer = layer.fallback(fallback);
     }
+    BoxCloneSyncService::new(layer.layer(sender).map_err(BoxError::from))
 }
 
 /// The message with its subject, payload and reply subject only.

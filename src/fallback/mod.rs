@@ -26,11 +26,7 @@
 //! [`WritePolicy::BestEffort`], in the round trip before it with
 //! [`WritePolicy::Required`]; one KV read per message that arrives without
 //! usable headers. Failure
-//! modes: a failed write is recorded on the PRODUCER span (with
-//! [`tracer`](crate::TracePropagationLayer::tracer), or a
-//! [`KvFallbackLayer`](crate::publish::KvFallbackLayer) stacked by hand without
-//! [`instrument_inner`](crate::TracePropagationLayer::instrument_inner): the
-//! caller's span) and
+//! modes: a failed write is recorded on the PRODUCER span and
 //! logged
 //! ([`WritePolicy::BestEffort`], the default) or fails the publish before
 //! anything is sent ([`WritePolicy::Required`]); a failed or slow lookup
@@ -90,12 +86,7 @@ pub const DEFAULT_LOOKUP_TIMEOUT: Duration = Duration::from_millis(250);
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum WritePolicy {
     /// The publish proceeds; the failure is recorded as an event on the
-    /// PRODUCER span (with
-    /// [`tracer`](crate::TracePropagationLayer::tracer), or a layer stacked
-    /// by hand without
-    /// [`instrument_inner`](crate::TracePropagationLayer::instrument_inner):
-    /// the caller's span),
-    /// a WARN, [`FallbackStats`] and the metric. The default.
+    /// PRODUCER span, a WARN, [`FallbackStats`] and the metric. The default.
     ///
     /// Since the put's outcome cannot stop the publish, the message is sent
     /// right after the put, without waiting for the put's ack: the publish
@@ -103,7 +94,7 @@ pub enum WritePolicy {
     /// stored before the message.
     #[default]
     BestEffort,
-    /// The publish fails with [`FallbackError::KvWrite`](crate::publish::FallbackError::KvWrite) before anything is
+    /// The publish fails with [`Error::KvWrite`](crate::publish::Error::KvWrite) before anything is
     /// sent.
     ///
     /// The message is sent only once the put is acked, so the record is

@@ -1,4 +1,4 @@
-//! Small typed errors.
+//! Small typed errors: bad headers, failed publishes and KV writes.
 
 use std::fmt;
 
@@ -63,3 +63,110 @@ impl fmt::Display for InvalidHeader {
 }
 
 impl std::error::Error for InvalidHeader {}
+
+/// The error of a [`TracePropagation`](super::TracePropagation) service:
+/// the inner publish service's error, or the KV fallback's write that
+/// [`WritePolicy::Required`](crate::fallback::WritePolicy::Required) made a
+/// condition of publishing.
+///
+/// The type is the same with the fallback on or off; without it (or with
+/// [`WritePolicy::BestEffort`](crate::fallback::WritePolicy::BestEffort), the
+/// default) only [`Error::Publish`] occurs.
+///
+/// # Examples
+///
+/// ```
+/// use nats_otel::publish::Error;
+///
+/// let error: Error<std::io::Error> = Error::Publish(std::io::Error::other("no connection"));
+/// assert_eq!(error.to_string(), "no connection");
+/// assert!(error.kv_write_error().is_none());
+/// assert_eq!(error.into_publish_error().unwrap().to_string(), "no connection");
+/// ```
+#[derive(Debug)]
+pub enum Error<E> {
+    /// The inner publish service failed; its error, unchanged.
+    Publish(E),
+    /// The KV write failed under
+    /// [`WritePolicy::Required`](crate::fallback::WritePolicy::Required);
+    /// nothing was published.
+    KvWrite(KvWriteError),
+}
+
+impl<E> Error<E> {
+    /// The inner service's error, if that is what failed.
+    pub fn into_publish_error(self) -> Option<E> {
+        match self {
+            Self::Publish(e) => Some(e),
+            Self::KvWrite(_) => None,
+        }
+    }
+
+    /// The inner service's error, by reference.
+    pub fn publish_error(&self) -> Option<&E> {
+        match self {
+            Self::Publish(e) => Some(e),
+            Self::KvWrite(_) => None,
+        }
+    }
+
+    /// The failed KV write, if that is what failed.
+    pub fn kv_write_error(&self) -> Option<&KvWriteError> {
+        match self {
+            Self::KvWrite(e) => Some(e),
+            Self::Publish(_) => None,
+        }
+    }
+}
+
+impl<E: fmt::Display> fmt::Display for Error<E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::KvWrite(e) => write!(f, "{e}; message not published (fallback required)"),
+            Self::Publish(e) => e.fmt(f),
+        }
+    }
+}
+
+impl<E: std::error::Error + 'static> std::error::Error for Error<E> {
+    // Transparent for the inner error: its message is this one's, so the
+    // chain goes on with its source.
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Self::KvWrite(e) => Some(e),
+            Self::Publish(e) => e.source(),
+        }
+    }
+}
+
+/// The trace carrier could not be written to the fallback bucket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KvWriteError {
+    pub(crate) bucket: String,
+    pub(crate) key: String,
+    pub(crate) message: String,
+}
+
+impl KvWriteError {
+    /// The bucket.
+    pub fn bucket(&self) -> &str {
+        &self.bucket
+    }
+
+    /// The encoded key.
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+}
+
+impl fmt::Display for KvWriteError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "writing the trace carrier to KV bucket {:?} under key {:?} failed: {}",
+            self.bucket, self.key, self.message
+        )
+    }
+}
+
+impl std::error::Error for KvWriteError {}

@@ -92,8 +92,10 @@ pub struct TracePropagationLayer {
     pub(crate) capture_headers: Arc<[String]>,
     pub(crate) metrics: Metrics,
     pub(crate) tracer: SpanTracer,
-    pub(crate) instrument_inner: Option<bool>,
+    pub(crate) instrument_inner: bool,
     pub(crate) header_names: HeaderNames,
+    #[cfg(feature = "kv")]
+    pub(crate) fallback: Option<Arc<crate::fallback::KvFallback>>,
 }
 
 impl fmt::Debug for TracePropagationLayer {
@@ -107,6 +109,7 @@ impl fmt::Debug for TracePropagationLayer {
             .field("tracer", &self.tracer)
             .field("instrument_inner", &self.instrument_inner)
             .field("header_names", &self.header_names)
+            .field("kv_fallback", &self.kv_fallback_bucket())
             .finish()
     }
 }
@@ -197,9 +200,7 @@ impl TracePropagationLayer {
     /// tracing-opentelemetry adds (`code.*`, `thread.*`, timings); the
     /// inner service cannot be run inside the span
     /// ([`instrument_inner`](Self::instrument_inner) has no effect), so
-    /// spans made by layers below this one stay its siblings even with
-    /// `fallback(..)`, and what the KV fallback records about a failed
-    /// best-effort write goes to the caller's span. As with `tracing` spans,
+    /// spans made by layers below this one stay its siblings. As with `tracing` spans,
     /// the sampler sees the attributes the messaging conventions mark for
     /// sampling (system, destination, operation), the rest being set only on
     /// recorded spans.
@@ -242,13 +243,8 @@ impl TracePropagationLayer {
     /// enter; a call and one poll make two per message. Turn it on when
     /// your own layers below this one log or trace.
     ///
-    /// By default, the span is not entered, except that `fallback(..)`
-    /// (feature `kv`) turns this on unless it was set explicitly before
-    /// (`fallback` returns the stacked layer, so set this first), so that
-    /// what the fallback records about a failed best-effort write lands on
-    /// the PRODUCER span. A `KvFallbackLayer` stacked by hand needs this set
-    /// to `true` for the same. Has no effect with [`tracer`](Self::tracer)
-    /// or without PRODUCER spans.
+    /// By default, the span is not entered. Has no effect with
+    /// [`tracer`](Self::tracer) or without PRODUCER spans.
     ///
     /// # Examples
     ///
@@ -258,7 +254,7 @@ impl TracePropagationLayer {
     /// let layer = TracePropagationLayer::new().instrument_inner(true);
     /// ```
     pub fn instrument_inner(mut self, enabled: bool) -> Self {
-        self.instrument_inner = Some(enabled);
+        self.instrument_inner = enabled;
         self
     }
 
@@ -294,28 +290,55 @@ impl TracePropagationLayer {
         self
     }
 
-    /// Also writes each message's trace carrier to a KV bucket before it is
+    /// Also writes each message's trace carrier to a KV bucket as it is
     /// sent, so consumers can recover the context when headers are lost in
     /// transit; see [`KvFallback`](crate::fallback::KvFallback).
     ///
-    /// The returned layer stacks a [`KvFallbackLayer`](super::KvFallbackLayer)
-    /// inside this one; the service's error becomes
-    /// [`FallbackError`](super::FallbackError).
-    ///
-    /// The PRODUCER span is entered around the inner service (see
-    /// [`instrument_inner`](Self::instrument_inner)) unless that was turned
-    /// off explicitly.
+    /// The layer, the service and its error type stay the same: with
+    /// [`WritePolicy::Required`](crate::fallback::WritePolicy::Required) a
+    /// failed write is returned as
+    /// [`Error::KvWrite`](super::Error::KvWrite) and nothing is published;
+    /// with [`WritePolicy::BestEffort`](crate::fallback::WritePolicy::BestEffort)
+    /// (the default) the put is sent just before the message, both acks are
+    /// awaited together, and a failed write becomes an event on the
+    /// PRODUCER span and a WARN. A message without a key or a context is
+    /// published without a record, which is recorded the same way.
     ///
     /// By default, no fallback is written.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use nats_otel::{fallback::FallbackKey, JetStreamPublisher, KvFallback, Publish, TracePropagationLayer};
+    /// use tower::{Layer, Service, ServiceExt};
+    ///
+    /// # async fn run() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    /// let client = async_nats::connect("nats://127.0.0.1:4222").await?;
+    /// let js = async_nats::jetstream::new(client);
+    /// let fallback = KvFallback::new(
+    ///     KvFallback::open_bucket(&js, "trace_carriers").await?,
+    ///     FallbackKey::subject_token(1),
+    /// );
+    /// let mut publisher = TracePropagationLayer::new()
+    ///     .fallback(fallback)
+    ///     .layer(JetStreamPublisher::new(js));
+    /// publisher.ready().await?.call(Publish::new("jobs.42", "{}")).await?;
+    /// # Ok(())
+    /// # }
+    /// ```
     #[cfg(feature = "kv")]
     #[cfg_attr(docsrs, doc(cfg(feature = "kv")))]
-    pub fn fallback(
-        self,
-        fallback: crate::fallback::KvFallback,
-    ) -> tower_layer::Stack<super::KvFallbackLayer, TracePropagationLayer> {
-        let mut layer = self;
-        layer.instrument_inner.get_or_insert(true);
-        tower_layer::Stack::new(super::KvFallbackLayer::new(fallback), layer)
+    pub fn fallback(mut self, fallback: crate::fallback::KvFallback) -> Self {
+        self.fallback = Some(Arc::new(fallback));
+        self
+    }
+
+    fn kv_fallback_bucket(&self) -> Option<&str> {
+        #[cfg(feature = "kv")]
+        if let Some(fallback) = &self.fallback {
+            return Some(&fallback.store.name);
+        }
+        None
     }
 }
 

@@ -2,7 +2,8 @@
 //! injects its context into the outgoing message headers.
 //!
 //! - [`TracePropagationLayer`] / [`TracePropagation`] / [`ResponseFuture`]:
-//!   the middleware.
+//!   the middleware, with its [`Error`] (the inner service's error, or the
+//!   KV fallback's required write, [`KvWriteError`]).
 //! - [`Publish`] and the [`PublishMessage`] trait: what the middleware traces.
 //! - Leaf services: [`CorePublisher`], [`Requester`] and, with the
 //!   `jetstream` feature, [`JetStreamPublisher`] and [`JetStreamSender`].
@@ -55,13 +56,9 @@ mod layer;
 mod request;
 mod service;
 
+pub use crate::subject::{InvalidSubjectPattern, SubjectTemplates};
 pub use client::{CorePublisher, Requester};
-pub use error::InvalidHeader;
-#[cfg(feature = "kv")]
-#[cfg_attr(docsrs, doc(cfg(feature = "kv")))]
-pub use fallback::{
-    FallbackError, KvFallbackFuture, KvFallbackLayer, KvFallbackService, KvWriteError,
-};
+pub use error::{Error, InvalidHeader, KvWriteError};
 pub use future::ResponseFuture;
 #[cfg(feature = "jetstream")]
 #[cfg_attr(docsrs, doc(cfg(feature = "jetstream")))]

@@ -5,7 +5,8 @@ use opentelemetry::trace::TraceContextExt;
 use opentelemetry::KeyValue;
 use tower_service::Service;
 
-use super::future::ResponseFuture;
+use super::error::Error;
+use super::future::{ResponseFuture, Write};
 use super::layer::TracePropagationLayer;
 use super::request::PublishMessage;
 use crate::propagation::TRACEPARENT;
@@ -29,11 +30,12 @@ const NATS_MSG_ID: &str = "Nats-Msg-Id";
 /// 2. starts a PRODUCER span `publish {subject}` as its child;
 /// 3. injects the PRODUCER span's context into the headers — unless the
 ///    caller already set a `traceparent` (in any casing), which is kept;
-/// 4. calls the inner service and ends the span when the inner future
-///    completes, marking it as an error if it failed. The inner service is
-///    called and polled inside the span only with
-///    [`TracePropagationLayer::instrument_inner`] (or a KV fallback added
-///    with `fallback(..)`).
+/// 4. with [`TracePropagationLayer::fallback`], starts the KV write of the
+///    injected carrier;
+/// 5. calls the inner service and ends the span when the inner future (and
+///    the KV write) completes, marking it as an error if it failed. The
+///    inner service is called and polled inside the span only with
+///    [`TracePropagationLayer::instrument_inner`].
 ///
 /// With [`TracePropagationLayer::tracer`], step 1 takes the current
 /// OpenTelemetry context before the `tracing` span's, the span is made with
@@ -99,11 +101,11 @@ where
     R: PublishMessage,
 {
     type Response = S::Response;
-    type Error = S::Error;
+    type Error = Error<S::Error>;
     type Future = ResponseFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut TaskContext<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
+        self.inner.poll_ready(cx).map_err(Error::Publish)
     }
 
     fn call(&mut self, mut request: R) -> Self::Future {
@@ -165,25 +167,23 @@ where
                     "nats_otel.inject_skipped",
                     vec![KeyValue::new("reason", skip.to_string())],
                 );
-                let subject = request.subject();
-                match span.tracing_span() {
-                    Some(span) => tracing::warn!(
-                        target: "nats_otel",
-                        parent: span,
-                        subject,
-                        "trace header limited or not injected: {skip}"
-                    ),
-                    None => tracing::warn!(
-                        target: "nats_otel",
-                        subject,
-                        "trace header limited or not injected: {skip}"
-                    ),
-                }
+                span.warn(
+                    Some(request.subject()),
+                    format_args!("trace header limited or not injected: {skip}"),
+                );
             }
         }
         drop(cx);
 
-        let instrument = layer.instrument_inner.unwrap_or(false);
+        #[cfg(feature = "kv")]
+        let write = match &layer.fallback {
+            Some(fallback) => super::fallback::prepare(fallback, &request, &mut span),
+            None => Write::None,
+        };
+        #[cfg(not(feature = "kv"))]
+        let write = Write::None;
+
+        let instrument = layer.instrument_inner;
         let future = match span.tracing_span() {
             Some(span) if instrument => {
                 let _entered = span.enter();
@@ -191,7 +191,9 @@ where
             }
             _ => self.inner.call(request),
         };
-        ResponseFuture::new(future, span).entered_on_poll(instrument)
+        ResponseFuture::new(future, span)
+            .entered_on_poll(instrument)
+            .with_write(write)
     }
 }
 

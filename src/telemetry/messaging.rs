@@ -360,6 +360,15 @@ impl MessagingSpan {
         }
     }
 
+    /// A WARN (target `nats_otel`) inside the span when it is a `tracing`
+    /// span, else inside the current one.
+    pub(crate) fn warn(&self, subject: Option<&str>, message: std::fmt::Arguments<'_>) {
+        match self.tracing_span() {
+            Some(span) => tracing::warn!(target: "nats_otel", parent: span, subject, "{message}"),
+            None => tracing::warn!(target: "nats_otel", subject, "{message}"),
+        }
+    }
+
     /// Links `link`, if it is valid.
     pub(crate) fn add_link(&mut self, link: &SpanContext) {
         if !link.is_valid() {
