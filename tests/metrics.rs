@@ -1,6 +1,6 @@
 //! Metric values through the SDK's in-memory exporter: one count per
-//! extraction source and reason. Its own test binary, since the meter
-//! provider is process-wide.
+//! extraction source and reason, with the meter provider handed to the
+//! layer and the adapter.
 #![cfg(feature = "kv")]
 
 mod support;
@@ -73,7 +73,6 @@ async fn extraction_counts_by_source_and_reason() {
     let provider = SdkMeterProvider::builder()
         .with_reader(PeriodicReader::builder(exporter.clone()).build())
         .build();
-    opentelemetry::global::set_meter_provider(provider.clone());
     let _telemetry = Telemetry::install();
 
     let server = NatsServer::start();
@@ -87,6 +86,7 @@ async fn extraction_counts_by_source_and_reason() {
         .await
         .unwrap()
         .with_trace_context()
+        .meter_provider(&provider)
         .payload_carrier(|meta| {
             serde_json::from_slice::<Job>(meta.payload)
                 .ok()
@@ -97,6 +97,7 @@ async fn extraction_counts_by_source_and_reason() {
     // 2 × headers, through the layer (which also writes the KV record).
     let mut publisher = TracePropagationLayer::new()
         .fallback(fallback.clone())
+        .meter_provider(&provider)
         .layer(nats_otel::CorePublisher::new(client.clone()));
     async {
         for id in ["h1", "h2"] {

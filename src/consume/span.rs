@@ -85,6 +85,7 @@ pub(crate) struct ProcessOptions {
     pub(crate) redelivery: Redelivery,
     pub(crate) metrics: Metrics,
     pub(crate) tracer: SpanTracer,
+    pub(crate) warnings: warn::NoContextWarnings,
 }
 
 impl fmt::Debug for ProcessOptions {
@@ -114,7 +115,7 @@ pub(crate) fn process_context(
             .reason()
             .filter(|_| record.source() == ContextSource::None)
         {
-            warn::no_context(subject, reason);
+            options.warnings.warn(subject, reason);
         }
         return with_record(remote, record);
     }
@@ -147,7 +148,7 @@ pub(crate) fn process_context(
                 InContext::Tracing(span) => Some(span.enter()),
                 _ => None,
             };
-            warn::no_context(subject, reason);
+            options.warnings.warn(subject, reason);
         }
     }
     let (span, tracer) = match span {

@@ -23,7 +23,7 @@ use crate::propagation::{
     context_from_carrier, extract_headers, ContextSource, ExtractionRecord, NoContextReason,
 };
 use crate::subject::SubjectFilter;
-use crate::telemetry::{operation_span_name, SpanTracer};
+use crate::telemetry::{operation_span_name, Metrics, SpanTracer};
 use crate::telemetry::{MessagingSpan, Operation, OperationType, Parent};
 
 /// Turns a consumed message into the [`Context`] its handler should run in.
@@ -182,6 +182,29 @@ impl ContextExtractor {
         T::Span: Send + Sync + 'static,
     {
         self.process.tracer = SpanTracer::new(tracer);
+        self
+    }
+
+    /// Records the crate's metrics with `provider`'s instruments (meter
+    /// `nats-otel`), the KV fallback's reads included.
+    ///
+    /// By default, the global meter provider's, taken when the extractor is
+    /// built: set the global provider first.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use nats_otel::consume::ContextExtractor;
+    /// use opentelemetry_sdk::metrics::SdkMeterProvider;
+    ///
+    /// let provider = SdkMeterProvider::builder().build();
+    /// let extractor = ContextExtractor::new().meter_provider(&provider);
+    /// ```
+    pub fn meter_provider<P>(mut self, provider: &P) -> Self
+    where
+        P: opentelemetry::metrics::MeterProvider + ?Sized,
+    {
+        self.process.metrics = Metrics::from_provider(provider);
         self
     }
 
@@ -375,8 +398,9 @@ impl ContextExtractor {
                     }
                     Ok(key) => {
                         let fallback = fallback.clone();
+                        let metrics = self.process.metrics.clone();
                         return Step::Lookup(Box::pin(async move {
-                            match crate::fallback::lookup(fallback, key).await {
+                            match crate::fallback::lookup(fallback, key, metrics).await {
                                 Ok(kv_cx) => {
                                     let record = record
                                         .recovered(ContextSource::Kv)
@@ -642,6 +666,16 @@ impl<S: Stream> ContextExtractingConsumer<S> {
         T::Span: Send + Sync + 'static,
     {
         self.extractor = self.extractor.tracer(tracer);
+        self
+    }
+
+    /// Records the crate's metrics with `provider`'s instruments; see
+    /// [`ContextExtractor::meter_provider`].
+    pub fn meter_provider<P>(mut self, provider: &P) -> Self
+    where
+        P: opentelemetry::metrics::MeterProvider + ?Sized,
+    {
+        self.extractor = self.extractor.meter_provider(provider);
         self
     }
 

@@ -1,3 +1,4 @@
+use crate::telemetry::Metrics;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -11,10 +12,14 @@ use crate::propagation::decode_record;
 use crate::propagation::{context_from_carrier, NoContextReason};
 
 /// Looks `key` up in the fallback bucket, bounded by the lookup timeout.
-pub(crate) async fn lookup(fallback: KvFallback, key: String) -> Result<Context, NoContextReason> {
+pub(crate) async fn lookup(
+    fallback: KvFallback,
+    key: String,
+    metrics: Metrics,
+) -> Result<Context, NoContextReason> {
     fallback.stats.reads.fetch_add(1, Ordering::Relaxed);
     let result = lookup_inner(&fallback, key).await;
-    fallback.metrics.kv("read", result.is_ok());
+    metrics.kv("read", result.is_ok());
     if result.is_err() {
         fallback.stats.read_failures.fetch_add(1, Ordering::Relaxed);
     }

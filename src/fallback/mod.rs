@@ -63,8 +63,6 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, kv};
 
-use crate::telemetry::Metrics;
-
 pub use crate::propagation::kv_record::RecordError;
 pub use crate::propagation::record::{KeyError, MAX_ENCODED_KEY_LEN};
 pub use key::FallbackKey;
@@ -132,7 +130,6 @@ pub struct KvFallback {
     pub(crate) on_write_failure: WritePolicy,
     pub(crate) lookup_timeout: Duration,
     pub(crate) stats: Arc<Stats>,
-    pub(crate) metrics: Metrics,
 }
 
 impl fmt::Debug for KvFallback {
@@ -159,7 +156,6 @@ impl KvFallback {
             on_write_failure: WritePolicy::default(),
             lookup_timeout: DEFAULT_LOOKUP_TIMEOUT,
             stats: Arc::default(),
-            metrics: Metrics::default(),
         }
     }
 

@@ -21,12 +21,13 @@ use super::request::PublishMessage;
 use crate::fallback::{KvFallback, WritePolicy};
 use crate::propagation::{encode_record as encode, find_header, CarrierRef, MessageMeta};
 use crate::propagation::{BAGGAGE, TRACEPARENT, TRACESTATE};
-use crate::telemetry::MessagingSpan;
+use crate::telemetry::{MessagingSpan, Metrics};
 
 /// The KV write for `request`, whose trace headers are injected; what
 /// cannot be written is recorded on `span` (an event and a WARN) now.
 pub(super) fn prepare<R: PublishMessage>(
     fallback: &Arc<KvFallback>,
+    metrics: &Metrics,
     request: &R,
     span: &mut MessagingSpan,
 ) -> Write {
@@ -59,7 +60,7 @@ pub(super) fn prepare<R: PublishMessage>(
         None => return Write::None,
         Some(Ok(record)) => Bytes::from(record),
         Some(Err(error)) => {
-            let error = write_failed(fallback, key, error.to_string());
+            let error = write_failed(fallback, metrics, key, error.to_string());
             if fallback.on_write_failure == WritePolicy::Required {
                 return Write::Failed(error);
             }
@@ -68,10 +69,11 @@ pub(super) fn prepare<R: PublishMessage>(
         }
     };
     let fallback = Arc::clone(fallback);
+    let metrics = metrics.clone();
     let policy = fallback.on_write_failure;
     let put = Box::pin(async move {
         let written = fallback.store.put(key.as_str(), record).await;
-        settle(&fallback, key, written)
+        settle(&fallback, &metrics, key, written)
     });
     match policy {
         // Nothing may be sent unless the record is stored.
@@ -84,26 +86,32 @@ pub(super) fn prepare<R: PublishMessage>(
 /// Counts the outcome of a put; a failure becomes a [`KvWriteError`].
 fn settle<T, E: fmt::Display>(
     fallback: &KvFallback,
+    metrics: &Metrics,
     key: String,
     written: Result<T, E>,
 ) -> Result<(), KvWriteError> {
     match written {
         Ok(_) => {
             fallback.stats.writes.fetch_add(1, Ordering::Relaxed);
-            fallback.metrics.kv("write", true);
+            metrics.kv("write", true);
             Ok(())
         }
-        Err(error) => Err(write_failed(fallback, key, error.to_string())),
+        Err(error) => Err(write_failed(fallback, metrics, key, error.to_string())),
     }
 }
 
 /// Counts a failed write and describes it.
-fn write_failed(fallback: &KvFallback, key: String, message: String) -> KvWriteError {
+fn write_failed(
+    fallback: &KvFallback,
+    metrics: &Metrics,
+    key: String,
+    message: String,
+) -> KvWriteError {
     fallback
         .stats
         .write_failures
         .fetch_add(1, Ordering::Relaxed);
-    fallback.metrics.kv("write", false);
+    metrics.kv("write", false);
     KvWriteError {
         bucket: fallback.store.name.clone(),
         key,

@@ -1,4 +1,5 @@
 use std::fmt;
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use opentelemetry::propagation::TextMapPropagator;
@@ -94,6 +95,8 @@ pub struct TracePropagationLayer {
     pub(crate) tracer: SpanTracer,
     pub(crate) instrument_inner: bool,
     pub(crate) header_names: HeaderNames,
+    /// Whether this layer has warned of a publish without a valid context.
+    pub(crate) warned_no_context: Arc<AtomicBool>,
     #[cfg(feature = "kv")]
     pub(crate) fallback: Option<Arc<crate::fallback::KvFallback>>,
 }
@@ -255,6 +258,29 @@ impl TracePropagationLayer {
     /// ```
     pub fn instrument_inner(mut self, enabled: bool) -> Self {
         self.instrument_inner = enabled;
+        self
+    }
+
+    /// Records the crate's metrics with `provider`'s instruments (meter
+    /// `nats-otel`), the KV fallback's writes included.
+    ///
+    /// By default, the global meter provider's, taken when the layer is
+    /// built: set the global provider first.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use nats_otel::TracePropagationLayer;
+    /// use opentelemetry_sdk::metrics::SdkMeterProvider;
+    ///
+    /// let provider = SdkMeterProvider::builder().build();
+    /// let layer = TracePropagationLayer::new().meter_provider(&provider);
+    /// ```
+    pub fn meter_provider<P>(mut self, provider: &P) -> Self
+    where
+        P: opentelemetry::metrics::MeterProvider + ?Sized,
+    {
+        self.metrics = Metrics::from_provider(provider);
         self
     }
 

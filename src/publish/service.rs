@@ -160,7 +160,7 @@ where
                 layer.metrics.injected("injected");
             } else {
                 layer.metrics.injected("no_context");
-                warn_invalid_context_once(request.subject());
+                warn_invalid_context_once(&layer.warned_no_context, request.subject());
             }
             for skip in skipped {
                 span.add_event(
@@ -177,7 +177,9 @@ where
 
         #[cfg(feature = "kv")]
         let write = match &layer.fallback {
-            Some(fallback) => super::fallback::prepare(fallback, &request, &mut span),
+            Some(fallback) => {
+                super::fallback::prepare(fallback, &layer.metrics, &request, &mut span)
+            }
             None => Write::None,
         };
         #[cfg(not(feature = "kv"))]
@@ -223,9 +225,9 @@ fn span_name(subject: &str, layer: &TracePropagationLayer) -> String {
     }
 }
 
-fn warn_invalid_context_once(subject: &str) {
-    static WARNED: AtomicBool = AtomicBool::new(false);
-    if !WARNED.swap(true, Ordering::Relaxed) {
+/// Once per layer (its clones and services share the flag).
+fn warn_invalid_context_once(warned: &AtomicBool, subject: &str) {
+    if !warned.swap(true, Ordering::Relaxed) {
         tracing::warn!(
             target: "nats_otel",
             subject,

@@ -1,7 +1,8 @@
 //! Counters through the OpenTelemetry metrics API.
 //!
-//! Instruments come from the global meter provider (meter `nats-otel`) at
-//! the moment a layer, extractor or fallback policy is built: set your meter
+//! Instruments come from the meter provider given to a layer, extractor or
+//! fallback policy with `meter_provider(..)`, else from the global one
+//! (meter `nats-otel`) at the moment it is built: set your global meter
 //! provider before building them. Names:
 //!
 //! | instrument | attributes | counts |
@@ -11,7 +12,7 @@
 //! | `nats_otel.filter.skipped` | `side` = `publish`, `consume` | messages left untraced by a subject filter |
 //! | `nats_otel.fallback.kv.operations` | `operation` = `read`, `write`; `outcome` = `ok`, `error` | KV fallback reads and writes |
 
-use opentelemetry::metrics::Counter;
+use opentelemetry::metrics::{Counter, Meter, MeterProvider};
 use opentelemetry::{global, KeyValue};
 
 use crate::propagation::ExtractionRecord;
@@ -25,8 +26,22 @@ pub(crate) struct Metrics {
 }
 
 impl Default for Metrics {
+    /// The instruments of the global meter provider.
     fn default() -> Self {
-        let meter = global::meter("nats-otel");
+        Self::new(&global::meter(METER))
+    }
+}
+
+/// The meter's name (its instrumentation scope).
+const METER: &str = "nats-otel";
+
+impl Metrics {
+    /// The instruments of `provider`.
+    pub(crate) fn from_provider<P: MeterProvider + ?Sized>(provider: &P) -> Self {
+        Self::new(&provider.meter(METER))
+    }
+
+    fn new(meter: &Meter) -> Self {
         Self {
             injected: meter
                 .u64_counter("nats_otel.inject.messages")
@@ -46,9 +61,7 @@ impl Default for Metrics {
                 .build(),
         }
     }
-}
 
-impl Metrics {
     pub(crate) fn injected(&self, outcome: &'static str) {
         self.injected.add(1, &[KeyValue::new("outcome", outcome)]);
     }
