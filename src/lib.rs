@@ -34,6 +34,8 @@
 //! - [`propagation`]: the one W3C codec and its carriers — header
 //!   injector and extractor, header names, [`TraceCarrier`], the KV record.
 //! - `fallback` (feature `kv`): the KV fallback policy, keys and bucket.
+//! - [`subject`]: subject filters and the templates that keep span names
+//!   low-cardinality.
 //! - [`diagnose`](mod@diagnose): the start-up self-check.
 //! - [`attr`]: the `messaging.nats.*` attribute names.
 //!
@@ -80,7 +82,7 @@ pub mod diagnose;
 pub mod fallback;
 pub mod propagation;
 pub mod publish;
-mod subject;
+pub mod subject;
 mod telemetry;
 
 // The everyday items; everything else lives in its module.

@@ -1,5 +1,19 @@
-//! Subject filters with NATS wildcards, to leave some subjects untraced,
-//! and subject templates, to name spans after low-cardinality destinations.
+//! NATS subject patterns (`*` one token, `>` the trailing tokens), put to
+//! two uses: [`SubjectFilter`] leaves some subjects untraced, and
+//! [`SubjectTemplates`] names spans and metrics after low-cardinality
+//! destinations (`publish jobs.*`, never `publish jobs.job-Pug48o…`).
+//!
+//! # Examples
+//!
+//! ```
+//! use nats_otel::subject::{SubjectFilter, SubjectTemplates};
+//! use nats_otel::TracePropagationLayer;
+//!
+//! let layer = TracePropagationLayer::new()
+//!     .skip_subjects(SubjectFilter::new(["_INBOX.>"]))
+//!     .subject_templates(SubjectTemplates::new(["jobs.*", "results.>"])?);
+//! # Ok::<(), nats_otel::subject::InvalidSubjectPattern>(())
+//! ```
 
 use std::fmt;
 use std::sync::Arc;

@@ -12,8 +12,9 @@ use async_nats::jetstream::{AckKind, Message};
 use opentelemetry::Context;
 use tracing::Instrument;
 
-use crate::consume::span::process_tracer;
-use crate::telemetry::{operation_span_name, SpanTracer};
+use crate::consume::span::{process_templates, process_tracer};
+use crate::subject::SubjectTemplates;
+use crate::telemetry::SpanTracer;
 use crate::telemetry::{MessagingSpan, Operation, OperationType, Parent};
 
 /// The semantic-conventions operation name of a settlement.
@@ -73,11 +74,22 @@ impl SettleExt for Message {
         // (`.tracer(...)` on the adapter), else a `tracing` span.
         let name = operation_name(&kind);
         let subject = self.subject.as_str();
+        let default_templates;
+        let templates = match process_templates(cx) {
+            Some(templates) => templates,
+            None => {
+                default_templates = SubjectTemplates::default();
+                &default_templates
+            }
+        };
+        let destination = templates.resolve(subject);
         let operation = Operation {
             kind: OperationType::Settle,
             name,
             destination: Some(subject),
-            span_name: operation_span_name(name, subject).into(),
+            template: destination.template.as_deref(),
+            temporary: destination.temporary,
+            span_name: destination.span_name(name, subject).into(),
         };
         let tracer = process_tracer(cx).unwrap_or(&SpanTracer::Tracing);
         let mut span: MessagingSpan = operation.start(tracer, Parent::Context(cx.clone()));

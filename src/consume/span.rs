@@ -12,9 +12,10 @@ use super::warn;
 use crate::attr;
 use crate::propagation::MessageMeta;
 use crate::propagation::{ContextSource, ExtractionRecord};
+use crate::subject::SubjectTemplates;
 use crate::telemetry::Metrics;
+use crate::telemetry::SpanTracer;
 use crate::telemetry::{captured_headers, SpanNameFn};
-use crate::telemetry::{operation_span_name, SpanTracer};
 use crate::telemetry::{InContext, Operation, OperationType, Parent};
 
 /// What the adapter stores in a yielded [`Context`]: the extraction record
@@ -29,6 +30,9 @@ struct Consumed {
     /// span: settle spans under this context are made with it too.
     #[cfg_attr(not(feature = "jetstream"), allow(dead_code))]
     tracer: Option<SpanTracer>,
+    /// The templates that named the `process` span, to name settle spans.
+    #[cfg_attr(not(feature = "jetstream"), allow(dead_code))]
+    templates: Option<SubjectTemplates>,
 }
 
 impl Consumed {
@@ -37,6 +41,7 @@ impl Consumed {
             record,
             span: None,
             tracer: None,
+            templates: None,
         }
     }
 }
@@ -51,6 +56,12 @@ pub(crate) fn with_record(cx: Context, record: ExtractionRecord) -> Context {
 #[cfg(feature = "jetstream")]
 pub(crate) fn process_tracer(cx: &Context) -> Option<&SpanTracer> {
     cx.get::<Consumed>().and_then(|c| c.tracer.as_ref())
+}
+
+/// The subject templates that named the `process` span in `cx`.
+#[cfg(feature = "jetstream")]
+pub(crate) fn process_templates(cx: &Context) -> Option<&SubjectTemplates> {
+    cx.get::<Consumed>().and_then(|c| c.templates.as_ref())
 }
 
 /// How the `process` span of a redelivered JetStream message (delivered
@@ -86,6 +97,7 @@ pub(crate) struct ProcessOptions {
     pub(crate) metrics: Metrics,
     pub(crate) tracer: SpanTracer,
     pub(crate) warnings: warn::NoContextWarnings,
+    pub(crate) templates: SubjectTemplates,
 }
 
 impl fmt::Debug for ProcessOptions {
@@ -119,9 +131,10 @@ pub(crate) fn process_context(
         }
         return with_record(remote, record);
     }
+    let destination = options.templates.resolve(subject);
     let span_name = match &options.span_name {
         Some(f) => f(subject),
-        None => operation_span_name("process", subject),
+        None => destination.span_name("process", subject),
     };
     let redelivered = meta.jetstream.as_ref().is_some_and(|js| js.delivered > 1);
     let parent = if redelivered
@@ -136,6 +149,8 @@ pub(crate) fn process_context(
         kind: OperationType::Process,
         name: "process",
         destination: Some(subject),
+        template: destination.template.as_deref(),
+        temporary: destination.temporary,
         span_name: span_name.into(),
     };
     let (cx, span) = operation.start_in_context(&options.tracer, parent, || {
@@ -161,6 +176,7 @@ pub(crate) fn process_context(
         record,
         span,
         tracer,
+        templates: Some(options.templates.clone()),
     })
 }
 

@@ -22,9 +22,9 @@ use crate::propagation::TraceCarrier;
 use crate::propagation::{
     context_from_carrier, extract_headers, ContextSource, ExtractionRecord, NoContextReason,
 };
-use crate::subject::SubjectFilter;
-use crate::telemetry::{operation_span_name, Metrics, SpanTracer};
+use crate::subject::{SubjectFilter, SubjectTemplates};
 use crate::telemetry::{MessagingSpan, Operation, OperationType, Parent};
+use crate::telemetry::{Metrics, SpanTracer};
 
 /// Turns a consumed message into the [`Context`] its handler should run in.
 ///
@@ -108,10 +108,11 @@ impl ContextExtractor {
         self
     }
 
-    /// Names the `process` span from the subject.
+    /// Names the `process` span from the subject, overriding
+    /// [`subject_templates`](Self::subject_templates) for the name (the
+    /// `messaging.destination.template` attribute stays).
     ///
-    /// By default, `process {subject}`. Subjects that carry ids make span
-    /// names high-cardinality; name by a template instead.
+    /// By default, `process {template}` (see `subject_templates`).
     ///
     /// # Examples
     ///
@@ -123,6 +124,28 @@ impl ContextExtractor {
         F: Fn(&str) -> String + Send + Sync + 'static,
     {
         self.process.span_name = Some(Arc::new(f));
+        self
+    }
+
+    /// The subject templates that name `process`, `receive` and settle
+    /// spans (`process jobs.*`) and fill `messaging.destination.template`;
+    /// give the subscription's subject or the JetStream consumer's filter
+    /// subjects. The full subject stays in `messaging.destination.name`.
+    ///
+    /// By default, no patterns: tokens that look generated (NUIDs, UUIDs,
+    /// ULIDs, long numbers, prefixed ids such as `job-<nuid>`) become `*`;
+    /// see [`SubjectTemplates`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use nats_otel::{consume::ContextExtractor, subject::SubjectTemplates};
+    ///
+    /// let extractor = ContextExtractor::new().subject_templates(SubjectTemplates::new(["jobs.*"])?);
+    /// # Ok::<(), nats_otel::subject::InvalidSubjectPattern>(())
+    /// ```
+    pub fn subject_templates(mut self, templates: SubjectTemplates) -> Self {
+        self.process.templates = templates;
         self
     }
 
@@ -543,6 +566,8 @@ impl ReceiveSpan {
                 kind: OperationType::Receive,
                 name: "receive",
                 destination: None,
+                template: None,
+                temporary: false,
                 span_name: "receive".into(),
             };
             operation.start(tracer, Parent::Root(None))
@@ -550,20 +575,42 @@ impl ReceiveSpan {
     }
 
     /// Links the message's creation context and names the span after the
-    /// first message's stream (or subject).
-    fn link(&mut self, meta: &MessageMeta<'_>, remote: &Context) {
+    /// first message's stream (or subject's template).
+    fn link(&mut self, meta: &MessageMeta<'_>, remote: &Context, templates: &SubjectTemplates) {
         self.messages += 1;
         let Some(span) = self.span.as_mut() else {
             return;
         };
         if !self.named {
             self.named = true;
-            let destination = meta.jetstream.map_or(meta.subject, |js| js.stream);
-            span.update_name(operation_span_name("receive", destination));
-            span.set_attribute(KeyValue::new(
-                semconv::MESSAGING_DESTINATION_NAME,
-                destination.to_owned(),
-            ));
+            // A stream's name is low-cardinality; a subject may not be.
+            let name = match meta.jetstream {
+                Some(js) => {
+                    let mut name = String::with_capacity(8 + js.stream.len());
+                    name.push_str("receive ");
+                    name.push_str(js.stream);
+                    span.set_attribute(KeyValue::new(
+                        semconv::MESSAGING_DESTINATION_NAME,
+                        js.stream.to_owned(),
+                    ));
+                    name
+                }
+                None => {
+                    let destination = templates.resolve(meta.subject);
+                    span.set_attribute(KeyValue::new(
+                        semconv::MESSAGING_DESTINATION_NAME,
+                        meta.subject.to_owned(),
+                    ));
+                    if let Some(template) = &destination.template {
+                        span.set_attribute(KeyValue::new(
+                            semconv::MESSAGING_DESTINATION_TEMPLATE,
+                            template.to_string(),
+                        ));
+                    }
+                    destination.span_name("receive", meta.subject)
+                }
+            };
+            span.update_name(name);
         }
         span.add_link(remote.span().span_context());
     }
@@ -669,6 +716,13 @@ impl<S: Stream> ContextExtractingConsumer<S> {
         self
     }
 
+    /// The subject templates that name the spans; see
+    /// [`ContextExtractor::subject_templates`].
+    pub fn subject_templates(mut self, templates: SubjectTemplates) -> Self {
+        self.extractor = self.extractor.subject_templates(templates);
+        self
+    }
+
     /// Records the crate's metrics with `provider`'s instruments; see
     /// [`ContextExtractor::meter_provider`].
     pub fn meter_provider<P>(mut self, provider: &P) -> Self
@@ -753,7 +807,7 @@ where
             Some(meta) => match this.extractor.begin(&meta) {
                 Step::Done(remote, record) => {
                     if let Some(receive) = this.receive.as_mut() {
-                        receive.link(&meta, &remote);
+                        receive.link(&meta, &remote, &this.extractor.process.templates);
                     }
                     let process_cx = this.extractor.finish(&meta, remote, record);
                     return Poll::Ready(Some(item.attach(process_cx)));
@@ -796,7 +850,7 @@ fn finish<T: ConsumerItem>(
     let cx = match item.meta() {
         Some(meta) => {
             if let Some(receive) = receive.as_mut() {
-                receive.link(&meta, &remote);
+                receive.link(&meta, &remote, &extractor.process.templates);
             }
             extractor.finish(&meta, remote, record)
         }

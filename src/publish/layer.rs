@@ -9,7 +9,7 @@ use tower_layer::Layer;
 use super::service::TracePropagation;
 use crate::propagation::HeaderNames;
 use crate::propagation::PropagatorChoice;
-use crate::subject::SubjectFilter;
+use crate::subject::{SubjectFilter, SubjectTemplates};
 use crate::telemetry::Metrics;
 use crate::telemetry::SpanNameFn;
 use crate::telemetry::SpanTracer;
@@ -90,6 +90,7 @@ pub struct TracePropagationLayer {
     pub(crate) span_name: Option<SpanNameFn>,
     pub(crate) spans_disabled: bool,
     pub(crate) skip: SubjectFilter,
+    pub(crate) templates: SubjectTemplates,
     pub(crate) capture_headers: Arc<[String]>,
     pub(crate) metrics: Metrics,
     pub(crate) tracer: SpanTracer,
@@ -108,6 +109,7 @@ impl fmt::Debug for TracePropagationLayer {
             .field("custom_span_name", &self.span_name.is_some())
             .field("producer_spans", &!self.spans_disabled)
             .field("skip", &self.skip)
+            .field("templates", &self.templates)
             .field("capture_headers", &self.capture_headers)
             .field("tracer", &self.tracer)
             .field("instrument_inner", &self.instrument_inner)
@@ -159,10 +161,11 @@ impl TracePropagationLayer {
         self
     }
 
-    /// Names the PRODUCER span from the subject.
+    /// Names the PRODUCER span from the subject, overriding
+    /// [`subject_templates`](Self::subject_templates) for the name (the
+    /// `messaging.destination.template` attribute stays).
     ///
-    /// By default, `publish {subject}`. Subjects that carry ids make span
-    /// names high-cardinality; name by a template instead.
+    /// By default, `publish {template}` (see `subject_templates`).
     ///
     /// # Examples
     ///
@@ -281,6 +284,31 @@ impl TracePropagationLayer {
         P: opentelemetry::metrics::MeterProvider + ?Sized,
     {
         self.metrics = Metrics::from_provider(provider);
+        self
+    }
+
+    /// The subject templates that name PRODUCER spans `publish {template}`
+    /// and fill `messaging.destination.template`, so that a subject carrying
+    /// an id (`jobs.job-Pug48o…`) does not make a span name per message. The
+    /// full subject stays in `messaging.destination.name`. An inbox subject
+    /// (`_INBOX.…`) is a temporary destination: the span is named `publish`.
+    ///
+    /// By default, no patterns: tokens that look generated (NUIDs, UUIDs,
+    /// ULIDs, long numbers, prefixed ids such as `job-<nuid>`) become `*`;
+    /// see [`SubjectTemplates`] for the exact rule.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use nats_otel::{subject::SubjectTemplates, TracePropagationLayer};
+    ///
+    /// // `publish orders.*.created`, whatever the order id looks like.
+    /// let layer = TracePropagationLayer::new()
+    ///     .subject_templates(SubjectTemplates::new(["orders.*.created"])?);
+    /// # Ok::<(), nats_otel::subject::InvalidSubjectPattern>(())
+    /// ```
+    pub fn subject_templates(mut self, templates: SubjectTemplates) -> Self {
+        self.templates = templates;
         self
     }
 

@@ -56,7 +56,6 @@ mod layer;
 mod request;
 mod service;
 
-pub use crate::subject::{InvalidSubjectPattern, SubjectTemplates};
 pub use client::{CorePublisher, Requester};
 pub use error::{Error, InvalidHeader, KvWriteError};
 pub use future::ResponseFuture;

@@ -11,8 +11,8 @@ use super::layer::TracePropagationLayer;
 use super::request::PublishMessage;
 use crate::propagation::TRACEPARENT;
 use crate::propagation::{find_header, HeaderInjector};
+use crate::telemetry::caller_context;
 use crate::telemetry::captured_headers;
-use crate::telemetry::{caller_context, operation_span_name};
 use crate::telemetry::{MessagingSpan, Operation, OperationType, Parent};
 use opentelemetry_semantic_conventions::attribute as semconv;
 
@@ -27,7 +27,9 @@ const NATS_MSG_ID: &str = "Nats-Msg-Id";
 ///    [`parent_context`](PublishMessage::parent_context), else the current
 ///    `tracing` span's OpenTelemetry context, else
 ///    [`Context::current`](opentelemetry::Context::current);
-/// 2. starts a PRODUCER span `publish {subject}` as its child;
+/// 2. starts a PRODUCER span `publish {destination}` as its child, the
+///    destination being the subject's template (see
+///    [`TracePropagationLayer::subject_templates`]);
 /// 3. injects the PRODUCER span's context into the headers — unless the
 ///    caller already set a `traceparent` (in any casing), which is kept;
 /// 4. with [`TracePropagationLayer::fallback`], starts the KV write of the
@@ -121,11 +123,18 @@ where
             (MessagingSpan::None, explicit.unwrap_or_else(caller_context))
         } else {
             let subject = request.subject();
+            let destination = layer.templates.resolve(subject);
             let operation = Operation {
                 kind: OperationType::Send,
                 name: "publish",
                 destination: Some(subject),
-                span_name: span_name(subject, layer).into(),
+                template: destination.template.as_deref(),
+                temporary: destination.temporary,
+                span_name: match &layer.span_name {
+                    Some(f) => f(subject),
+                    None => destination.span_name("publish", subject),
+                }
+                .into(),
             };
             operation.start_with(&layer.tracer, Parent::Caller(explicit), || {
                 recorded_attributes(&request, layer)
@@ -216,13 +225,6 @@ fn recorded_attributes<R: PublishMessage>(
     }
     attributes.extend(captured_headers(headers, &layer.capture_headers));
     attributes
-}
-
-fn span_name(subject: &str, layer: &TracePropagationLayer) -> String {
-    match &layer.span_name {
-        Some(f) => f(subject),
-        None => operation_span_name("publish", subject),
-    }
 }
 
 /// Once per layer (its clones and services share the flag).

@@ -55,14 +55,14 @@ const DEFAULT_INBOX_PREFIX: &str = "_INBOX";
 /// # Examples
 ///
 /// ```
-/// use nats_otel::publish::SubjectTemplates;
+/// use nats_otel::subject::SubjectTemplates;
 ///
 /// // Spans on `jobs.<anything>` are named `publish jobs.*`, on
 /// // `results.<a>.<b>...` `publish results.>`; other subjects by heuristic.
 /// let templates = SubjectTemplates::new(["jobs.*", "results.>"])?;
 /// let heuristic_only = SubjectTemplates::default();
 /// # let _ = (templates, heuristic_only);
-/// # Ok::<(), nats_otel::publish::InvalidSubjectPattern>(())
+/// # Ok::<(), nats_otel::subject::InvalidSubjectPattern>(())
 /// ```
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SubjectTemplates {
@@ -89,7 +89,7 @@ impl SubjectTemplates {
     /// # Examples
     ///
     /// ```
-    /// use nats_otel::publish::SubjectTemplates;
+    /// use nats_otel::subject::SubjectTemplates;
     ///
     /// assert!(SubjectTemplates::new(["jobs.*", "results.>", "audit.*.events"]).is_ok());
     ///
@@ -129,13 +129,13 @@ impl SubjectTemplates {
     /// # Examples
     ///
     /// ```
-    /// use nats_otel::publish::SubjectTemplates;
+    /// use nats_otel::subject::SubjectTemplates;
     ///
     /// // Replies to `_MYINBOX.<nuid>` and `_INBOX.<nuid>` are both named
     /// // after the operation alone.
     /// let templates = SubjectTemplates::new(["jobs.*"])?.inbox_prefix("_MYINBOX");
     /// # let _ = templates;
-    /// # Ok::<(), nats_otel::publish::InvalidSubjectPattern>(())
+    /// # Ok::<(), nats_otel::subject::InvalidSubjectPattern>(())
     /// ```
     pub fn inbox_prefix(mut self, prefix: impl Into<String>) -> Self {
         let mut prefix = prefix.into();
@@ -155,7 +155,6 @@ impl SubjectTemplates {
 
     /// Whether `subject` is a temporary destination: under `_INBOX.` or a
     /// configured inbox prefix followed by `.`.
-    #[allow(dead_code)] // wired into span names by the telemetry change
     pub(crate) fn is_temporary(&self, subject: &str) -> bool {
         is_under(subject, DEFAULT_INBOX_PREFIX)
             || self.inbox_prefixes.iter().any(|p| is_under(subject, p))
@@ -164,7 +163,6 @@ impl SubjectTemplates {
     /// How `subject` is named: temporary, a configured pattern (borrowed),
     /// a heuristic template (owned), or none (the subject names itself).
     /// Allocates only when the heuristic replaces a token.
-    #[allow(dead_code)] // wired into span names by the telemetry change
     pub(crate) fn resolve<'a>(&'a self, subject: &'a str) -> Destination<'a> {
         if self.is_temporary(subject) {
             return Destination {
@@ -184,7 +182,6 @@ impl SubjectTemplates {
 }
 
 /// What [`SubjectTemplates::resolve`] found for a subject.
-#[allow(dead_code)] // wired into span names by the telemetry change
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Destination<'a> {
     /// `messaging.destination.template`, when known.
@@ -196,7 +193,6 @@ pub(crate) struct Destination<'a> {
 impl Destination<'_> {
     /// `{operation} {template}`, else `{operation} {subject}`; the
     /// operation alone for a temporary (or empty) destination.
-    #[allow(dead_code)] // wired into span names by the telemetry change
     pub(crate) fn span_name(&self, operation: &str, subject: &str) -> String {
         let destination = match &self.template {
             _ if self.temporary => "",
@@ -244,7 +240,7 @@ impl Reason {
 /// # Examples
 ///
 /// ```
-/// use nats_otel::publish::{InvalidSubjectPattern, SubjectTemplates};
+/// use nats_otel::subject::{InvalidSubjectPattern, SubjectTemplates};
 ///
 /// let error: InvalidSubjectPattern = SubjectTemplates::new(["jobs..new"]).unwrap_err();
 /// assert_eq!(error.pattern(), "jobs..new");
@@ -262,7 +258,7 @@ impl InvalidSubjectPattern {
     /// # Examples
     ///
     /// ```
-    /// use nats_otel::publish::SubjectTemplates;
+    /// use nats_otel::subject::SubjectTemplates;
     ///
     /// let error = SubjectTemplates::new(["jobs.*", "orders new"]).unwrap_err();
     /// assert_eq!(error.pattern(), "orders new");

@@ -78,6 +78,10 @@ pub(crate) struct Operation<'a> {
     pub(crate) name: &'static str,
     /// `messaging.destination.name`, when known at the start.
     pub(crate) destination: Option<&'a str>,
+    /// `messaging.destination.template`, when one is known.
+    pub(crate) template: Option<&'a str>,
+    /// `messaging.destination.temporary` (an inbox).
+    pub(crate) temporary: bool,
     /// The span's name (`otel.name` of a `tracing` span).
     pub(crate) span_name: Cow<'static, str>,
 }
@@ -275,14 +279,28 @@ impl Operation<'_> {
         let system = KeyValue::new(semconv::MESSAGING_SYSTEM, MESSAGING_SYSTEM);
         let operation_type = KeyValue::new(semconv::MESSAGING_OPERATION_TYPE, self.kind.as_str());
         let operation_name = KeyValue::new(semconv::MESSAGING_OPERATION_NAME, self.name);
-        match self.destination {
-            Some(destination) => {
-                let destination =
-                    KeyValue::new(semconv::MESSAGING_DESTINATION_NAME, destination.to_owned());
-                vec![system, destination, operation_type, operation_name]
-            }
-            None => vec![system, operation_type, operation_name],
+        let mut attributes = Vec::with_capacity(6);
+        attributes.push(system);
+        if let Some(destination) = self.destination {
+            attributes.push(KeyValue::new(
+                semconv::MESSAGING_DESTINATION_NAME,
+                destination.to_owned(),
+            ));
         }
+        attributes.extend([operation_type, operation_name]);
+        if let Some(template) = self.template {
+            attributes.push(KeyValue::new(
+                semconv::MESSAGING_DESTINATION_TEMPLATE,
+                template.to_owned(),
+            ));
+        }
+        if self.temporary {
+            attributes.push(KeyValue::new(
+                semconv::MESSAGING_DESTINATION_TEMPORARY,
+                true,
+            ));
+        }
+        attributes
     }
 }
 
@@ -306,6 +324,8 @@ fn tracing_span(op: &Operation<'_>, root: bool) -> tracing::Span {
                 { semconv::MESSAGING_DESTINATION_NAME } = op.destination,
                 { semconv::MESSAGING_OPERATION_TYPE } = op.kind.as_str(),
                 { semconv::MESSAGING_OPERATION_NAME } = op.name,
+                { semconv::MESSAGING_DESTINATION_TEMPLATE } = op.template,
+                { semconv::MESSAGING_DESTINATION_TEMPORARY } = op.temporary.then_some(true),
             )
         };
     }

@@ -10,4 +10,4 @@ mod tracer;
 pub(crate) use messaging::{InContext, MessagingSpan, Operation, OperationType, Parent};
 pub(crate) use metrics::Metrics;
 pub(crate) use span::{captured_headers, SpanNameFn};
-pub(crate) use tracer::{caller_context, operation_span_name, SpanTracer};
+pub(crate) use tracer::{caller_context, SpanTracer};

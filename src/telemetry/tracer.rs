@@ -87,13 +87,3 @@ pub(crate) fn caller_context() -> Context {
     }
     current
 }
-
-/// `{operation} {subject}`, the default span name, without the formatting
-/// machinery (`format!` costs several times more on the per-message path).
-pub(crate) fn operation_span_name(operation: &str, subject: &str) -> String {
-    let mut name = String::with_capacity(operation.len() + 1 + subject.len());
-    name.push_str(operation);
-    name.push(' ');
-    name.push_str(subject);
-    name
-}
