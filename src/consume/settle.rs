@@ -7,12 +7,13 @@
 //! its own duration and error, under the `process` span that it settles.
 
 use std::future::Future;
+use std::time::Instant;
 
 use async_nats::jetstream::{AckKind, Message};
 use opentelemetry::Context;
 use tracing::Instrument;
 
-use crate::consume::span::{process_templates, process_tracer};
+use crate::consume::span::{process_metrics, process_templates, process_tracer};
 use crate::subject::SubjectTemplates;
 use crate::telemetry::SpanTracer;
 use crate::telemetry::{MessagingSpan, Operation, OperationType, Parent};
@@ -92,6 +93,10 @@ impl SettleExt for Message {
             span_name: destination.span_name(name, subject).into(),
         };
         let tracer = process_tracer(cx).unwrap_or(&SpanTracer::Tracing);
+        let measured = process_metrics(cx).map(|(metrics, attributes)| {
+            (metrics.clone(), attributes.with_operation(name, "settle"))
+        });
+        let start = Instant::now();
         let mut span: MessagingSpan = operation.start(tracer, Parent::Context(cx.clone()));
         async move {
             let result = match span.tracing_span().cloned() {
@@ -102,6 +107,10 @@ impl SettleExt for Message {
                 span.record_error(ERROR_TYPE, error);
             }
             span.end();
+            if let Some((metrics, attributes)) = measured {
+                let error = result.as_ref().err().map(|_| ERROR_TYPE);
+                metrics.operation(start, &attributes, error);
+            }
             result
         }
     }

@@ -1,5 +1,6 @@
 use std::fmt;
 use std::sync::Arc;
+use std::time::Instant;
 
 use opentelemetry::trace::TraceContextExt;
 use opentelemetry::{Context, KeyValue};
@@ -13,10 +14,10 @@ use crate::attr;
 use crate::propagation::MessageMeta;
 use crate::propagation::{ContextSource, ExtractionRecord};
 use crate::subject::SubjectTemplates;
-use crate::telemetry::Metrics;
 use crate::telemetry::SpanTracer;
 use crate::telemetry::{captured_headers, SpanNameFn};
 use crate::telemetry::{InContext, Operation, OperationType, Parent};
+use crate::telemetry::{MessagingAttributes, Metrics};
 
 /// What the adapter stores in a yielded [`Context`]: the extraction record
 /// and, with `tracing` spans, the CONSUMER `process` span (which ends when
@@ -33,6 +34,43 @@ struct Consumed {
     /// The templates that named the `process` span, to name settle spans.
     #[cfg_attr(not(feature = "jetstream"), allow(dead_code))]
     templates: Option<SubjectTemplates>,
+    /// Records `messaging.process.duration` when the context is dropped.
+    timer: Option<ProcessTimer>,
+}
+
+/// The `process` operation's clock: from delivery until the yielded
+/// context's last clone is dropped.
+#[derive(Debug)]
+struct ProcessTimer {
+    metrics: Metrics,
+    start: Instant,
+    attributes: MessagingAttributes,
+}
+
+impl Drop for ProcessTimer {
+    fn drop(&mut self) {
+        self.metrics.processed(self.start, &self.attributes);
+    }
+}
+
+/// Counts a delivered message and starts its `process` clock.
+fn delivered(meta: &MessageMeta<'_>, options: &ProcessOptions) -> ProcessTimer {
+    let destination = options.templates.resolve(meta.subject);
+    let consumer = meta.jetstream.as_ref().map(|js| js.consumer);
+    let attributes = MessagingAttributes::new(
+        "process",
+        "process",
+        meta.subject,
+        destination.template.as_deref(),
+        destination.temporary,
+    )
+    .consumer(consumer);
+    options.metrics.consumed(&attributes);
+    ProcessTimer {
+        metrics: options.metrics.clone(),
+        start: Instant::now(),
+        attributes,
+    }
 }
 
 impl Consumed {
@@ -42,6 +80,7 @@ impl Consumed {
             span: None,
             tracer: None,
             templates: None,
+            timer: None,
         }
     }
 }
@@ -56,6 +95,15 @@ pub(crate) fn with_record(cx: Context, record: ExtractionRecord) -> Context {
 #[cfg(feature = "jetstream")]
 pub(crate) fn process_tracer(cx: &Context) -> Option<&SpanTracer> {
     cx.get::<Consumed>().and_then(|c| c.tracer.as_ref())
+}
+
+/// The metrics and attributes of the message consumed in `cx`, to record
+/// its settlement.
+#[cfg(feature = "jetstream")]
+pub(crate) fn process_metrics(cx: &Context) -> Option<(&Metrics, &MessagingAttributes)> {
+    cx.get::<Consumed>()
+        .and_then(|c| c.timer.as_ref())
+        .map(|t| (&t.metrics, &t.attributes))
 }
 
 /// The subject templates that named the `process` span in `cx`.
@@ -121,6 +169,7 @@ pub(crate) fn process_context(
     options: &ProcessOptions,
 ) -> Context {
     options.metrics.extracted(&record);
+    let timer = delivered(meta, options);
     let subject = meta.subject;
     if options.disabled {
         if let Some(reason) = record
@@ -129,7 +178,9 @@ pub(crate) fn process_context(
         {
             options.warnings.warn(subject, reason);
         }
-        return with_record(remote, record);
+        let mut consumed = Consumed::record(record);
+        consumed.timer = Some(timer);
+        return remote.with_value(consumed);
     }
     let destination = options.templates.resolve(subject);
     let span_name = match &options.span_name {
@@ -177,6 +228,7 @@ pub(crate) fn process_context(
         span,
         tracer,
         templates: Some(options.templates.clone()),
+        timer: Some(timer),
     })
 }
 

@@ -2,6 +2,7 @@ use std::fmt;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context as TaskContext, Poll};
+use std::time::Instant;
 
 use futures::future::BoxFuture;
 use opentelemetry::trace::TraceContextExt;
@@ -23,8 +24,8 @@ use crate::propagation::{
     context_from_carrier, extract_headers, ContextSource, ExtractionRecord, NoContextReason,
 };
 use crate::subject::{SubjectFilter, SubjectTemplates};
+use crate::telemetry::{MessagingAttributes, Metrics, SpanTracer};
 use crate::telemetry::{MessagingSpan, Operation, OperationType, Parent};
-use crate::telemetry::{Metrics, SpanTracer};
 
 /// Turns a consumed message into the [`Context`] its handler should run in.
 ///
@@ -547,6 +548,10 @@ struct ReceiveSpan {
     span: Option<MessagingSpan>,
     named: bool,
     messages: i64,
+    /// When the span started, and the operation's metric attributes (known
+    /// with the first message).
+    start: Option<Instant>,
+    attributes: Option<MessagingAttributes>,
 }
 
 impl ReceiveSpan {
@@ -555,12 +560,15 @@ impl ReceiveSpan {
             span: None,
             named: false,
             messages: 0,
+            start: None,
+            attributes: None,
         }
     }
 
     /// Starts the span (a root) the first time the adapter is polled; its
     /// destination is known with the first message.
     fn start_once(&mut self, tracer: &SpanTracer) {
+        self.start.get_or_insert_with(Instant::now);
         self.span.get_or_insert_with(|| {
             let operation = Operation {
                 kind: OperationType::Receive,
@@ -584,6 +592,18 @@ impl ReceiveSpan {
         if !self.named {
             self.named = true;
             // A stream's name is low-cardinality; a subject may not be.
+            let destination = templates.resolve(meta.subject);
+            self.attributes = Some(match meta.jetstream {
+                Some(js) => MessagingAttributes::new("receive", "receive", js.stream, None, false)
+                    .consumer(Some(js.consumer)),
+                None => MessagingAttributes::new(
+                    "receive",
+                    "receive",
+                    meta.subject,
+                    destination.template.as_deref(),
+                    destination.temporary,
+                ),
+            });
             let name = match meta.jetstream {
                 Some(js) => {
                     let mut name = String::with_capacity(8 + js.stream.len());
@@ -596,7 +616,6 @@ impl ReceiveSpan {
                     name
                 }
                 None => {
-                    let destination = templates.resolve(meta.subject);
                     span.set_attribute(KeyValue::new(
                         semconv::MESSAGING_DESTINATION_NAME,
                         meta.subject.to_owned(),
@@ -615,7 +634,10 @@ impl ReceiveSpan {
         span.add_link(remote.span().span_context());
     }
 
-    fn end(self) {
+    fn end(self, metrics: &Metrics) {
+        if let (Some(start), Some(attributes)) = (self.start, &self.attributes) {
+            metrics.operation(start, attributes, None);
+        }
         if let Some(mut span) = self.span {
             span.set_attribute(KeyValue::new(
                 semconv::MESSAGING_BATCH_MESSAGE_COUNT,
@@ -798,7 +820,7 @@ where
         }
         let Some(item) = ready!(this.inner.as_mut().poll_next(cx)) else {
             if let Some(receive) = this.receive.take() {
-                receive.end();
+                receive.end(&this.extractor.process.metrics);
             }
             return Poll::Ready(None);
         };

@@ -8,7 +8,9 @@ use opentelemetry::KeyValue;
 use pin_project_lite::pin_project;
 
 use super::error::{Error, KvWriteError};
-use crate::telemetry::MessagingSpan;
+use std::time::Instant;
+
+use crate::telemetry::{MessagingAttributes, MessagingSpan, Metrics};
 
 /// The KV fallback's put of one message's carrier.
 pub(crate) type PutFuture = BoxFuture<'static, Result<(), KvWriteError>>;
@@ -52,7 +54,15 @@ pin_project! {
         entered: bool,
         write: Write,
         published: Option<F::Output>,
+        measured: Option<Measured>,
     }
+}
+
+/// What the conventional metrics record of one publish.
+struct Measured {
+    metrics: Metrics,
+    start: Instant,
+    attributes: MessagingAttributes,
 }
 
 impl<F: Future> fmt::Debug for ResponseFuture<F> {
@@ -80,6 +90,7 @@ impl<F: Future> ResponseFuture<F> {
             entered: false,
             write: Write::None,
             published: None,
+            measured: None,
         }
     }
 
@@ -87,6 +98,22 @@ impl<F: Future> ResponseFuture<F> {
     /// future.
     pub(crate) fn entered_on_poll(mut self, entered: bool) -> Self {
         self.entered = entered;
+        self
+    }
+
+    /// Records the sent message and the publish's duration when it
+    /// completes.
+    pub(crate) fn measured(
+        mut self,
+        metrics: Metrics,
+        start: Instant,
+        attributes: MessagingAttributes,
+    ) -> Self {
+        self.measured = Some(Measured {
+            metrics,
+            start,
+            attributes,
+        });
         self
     }
 
@@ -150,9 +177,18 @@ where
             return Poll::Pending;
         };
         *this.write = Write::Done;
+        let error_type = output.as_ref().err().map(|_| error_type::<E>());
+        if let Some(measured) = this.measured.take() {
+            let Measured {
+                metrics,
+                start,
+                attributes,
+            } = measured;
+            metrics.sent(start, &attributes, error_type.as_deref());
+        }
         if let Some(mut span) = this.span.take() {
-            if let Err(error) = &output {
-                span.record_error(error_type::<E>(), error);
+            if let (Err(error), Some(error_type)) = (&output, error_type) {
+                span.record_error(error_type, error);
             }
             span.end();
         }

@@ -1,5 +1,6 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context as TaskContext, Poll};
+use std::time::Instant;
 
 use opentelemetry::trace::TraceContextExt;
 use opentelemetry::KeyValue;
@@ -11,8 +12,8 @@ use super::layer::TracePropagationLayer;
 use super::request::PublishMessage;
 use crate::propagation::TRACEPARENT;
 use crate::propagation::{find_header, HeaderInjector};
-use crate::telemetry::caller_context;
 use crate::telemetry::captured_headers;
+use crate::telemetry::{caller_context, MessagingAttributes};
 use crate::telemetry::{MessagingSpan, Operation, OperationType, Parent};
 use opentelemetry_semantic_conventions::attribute as semconv;
 
@@ -116,14 +117,22 @@ where
             layer.metrics.skipped("publish");
             return ResponseFuture::new(self.inner.call(request), MessagingSpan::None);
         }
+        let start = Instant::now();
         let explicit = request.parent_context().cloned();
+        let subject = request.subject();
+        let destination = layer.templates.resolve(subject);
+        let measured = MessagingAttributes::new(
+            "publish",
+            "send",
+            subject,
+            destination.template.as_deref(),
+            destination.temporary,
+        );
         // The span, and the context to inject: a `tracing` span's own, or
         // the parent of a tracer span, whose context is injected over it.
         let (mut span, cx) = if layer.spans_disabled {
             (MessagingSpan::None, explicit.unwrap_or_else(caller_context))
         } else {
-            let subject = request.subject();
-            let destination = layer.templates.resolve(subject);
             let operation = Operation {
                 kind: OperationType::Send,
                 name: "publish",
@@ -205,6 +214,7 @@ where
         ResponseFuture::new(future, span)
             .entered_on_poll(instrument)
             .with_write(write)
+            .measured(layer.metrics.clone(), start, measured)
     }
 }
 

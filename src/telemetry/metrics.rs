@@ -1,28 +1,55 @@
-//! Counters through the OpenTelemetry metrics API.
+//! Metrics through the OpenTelemetry metrics API: the four the messaging
+//! conventions define, and the crate's own counters of where every context
+//! came from.
 //!
 //! Instruments come from the meter provider given to a layer, extractor or
-//! fallback policy with `meter_provider(..)`, else from the global one
-//! (meter `nats-otel`) at the moment it is built: set your global meter
-//! provider before building them. Names:
+//! adapter with `meter_provider(..)`, else from the global one (meter
+//! `nats-otel`) at the moment it is built: set your global meter provider
+//! before building them.
 //!
-//! | instrument | attributes | counts |
-//! |---|---|---|
-//! | `nats_otel.inject.messages` | `outcome` = `injected`, `kept_caller_context`, `no_context` | messages through the publish layer |
-//! | `nats_otel.extract.messages` | `source` = `headers`, `kv`, `payload`, `none`; `reason` (when not headers) | messages through the consumer adapter |
-//! | `nats_otel.filter.skipped` | `side` = `publish`, `consume` | messages left untraced by a subject filter |
-//! | `nats_otel.fallback.kv.operations` | `operation` = `read`, `write`; `outcome` = `ok`, `error` | KV fallback reads and writes |
+//! | instrument | kind, unit | attributes | measures |
+//! |---|---|---|---|
+//! | `messaging.client.sent.messages` | counter, `{message}` | [standard](MessagingAttributes) | messages the publish layer sent (acked or failed) |
+//! | `messaging.client.consumed.messages` | counter, `{message}` | standard | messages the consumer adapter delivered |
+//! | `messaging.client.operation.duration` | histogram, `s` | standard | a publish (to the JetStream ack), a batch's `receive`, a settlement |
+//! | `messaging.process.duration` | histogram, `s` | standard | a `process` span: from delivery until the yielded context is dropped |
+//! | `nats_otel.inject.messages` | counter | `outcome` = `injected`, `kept_caller_context`, `no_context` | messages through the publish layer |
+//! | `nats_otel.extract.messages` | counter | `source` = `headers`, `kv`, `payload`, `none`; `reason` (when not headers) | messages through the consumer adapter |
+//! | `nats_otel.filter.skipped` | counter | `side` = `publish`, `consume` | messages left untraced by a subject filter |
+//! | `nats_otel.fallback.kv.operations` | counter | `operation` = `read`, `write`; `outcome` = `ok`, `error` | KV fallback reads and writes |
 
-use opentelemetry::metrics::{Counter, Meter, MeterProvider};
+use std::sync::Arc;
+use std::time::Instant;
+
+use opentelemetry::metrics::{Counter, Histogram, Meter, MeterProvider};
 use opentelemetry::{global, KeyValue};
+use opentelemetry_semantic_conventions::{attribute as semconv, metric as names};
 
 use crate::propagation::ExtractionRecord;
 
+/// The meter's name (its instrumentation scope).
+const METER: &str = "nats-otel";
+
+/// The bucket boundaries the messaging conventions advise for durations,
+/// in seconds.
+const DURATION_BOUNDARIES: [f64; 14] = [
+    0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
+];
+
+/// The crate's instruments; cloning shares them.
 #[derive(Clone, Debug)]
-pub(crate) struct Metrics {
+pub(crate) struct Metrics(Arc<Instruments>);
+
+#[derive(Debug)]
+struct Instruments {
     injected: Counter<u64>,
     extracted: Counter<u64>,
     skipped: Counter<u64>,
     kv: Counter<u64>,
+    sent: Counter<u64>,
+    consumed: Counter<u64>,
+    operation_duration: Histogram<f64>,
+    process_duration: Histogram<f64>,
 }
 
 impl Default for Metrics {
@@ -32,8 +59,95 @@ impl Default for Metrics {
     }
 }
 
-/// The meter's name (its instrumentation scope).
-const METER: &str = "nats-otel";
+/// The attributes of the four conventional metrics, low-cardinality by
+/// construction: `messaging.system`, `messaging.operation.name` and
+/// `.type`, the destination (`messaging.destination.name` only when the
+/// subject has no template and is not an inbox, else
+/// `messaging.destination.template`), for JetStream consumers
+/// `messaging.consumer.group.name` and
+/// `messaging.destination.subscription.name` (the consumer's name), and
+/// `error.type` on failure.
+#[derive(Debug, Clone)]
+pub(crate) struct MessagingAttributes {
+    attributes: Vec<KeyValue>,
+}
+
+impl MessagingAttributes {
+    /// The attributes of `operation` (`publish`, `receive`, `process`,
+    /// `ack`…) of type `operation_type` on `subject`, whose template (if
+    /// any) is `template`.
+    pub(crate) fn new(
+        operation: &'static str,
+        operation_type: &'static str,
+        subject: &str,
+        template: Option<&str>,
+        temporary: bool,
+    ) -> Self {
+        let mut attributes = Vec::with_capacity(6);
+        attributes.extend([
+            KeyValue::new(semconv::MESSAGING_SYSTEM, "nats"),
+            KeyValue::new(semconv::MESSAGING_OPERATION_NAME, operation),
+            KeyValue::new(semconv::MESSAGING_OPERATION_TYPE, operation_type),
+        ]);
+        match template {
+            Some(template) => attributes.push(KeyValue::new(
+                semconv::MESSAGING_DESTINATION_TEMPLATE,
+                template.to_owned(),
+            )),
+            None if !temporary => attributes.push(KeyValue::new(
+                semconv::MESSAGING_DESTINATION_NAME,
+                subject.to_owned(),
+            )),
+            None => {}
+        }
+        Self { attributes }
+    }
+
+    /// Adds the JetStream consumer as consumer group and subscription.
+    pub(crate) fn consumer(mut self, consumer: Option<&str>) -> Self {
+        if let Some(consumer) = consumer {
+            self.attributes.extend([
+                KeyValue::new(semconv::MESSAGING_CONSUMER_GROUP_NAME, consumer.to_owned()),
+                KeyValue::new(
+                    semconv::MESSAGING_DESTINATION_SUBSCRIPTION_NAME,
+                    consumer.to_owned(),
+                ),
+            ]);
+        }
+        self
+    }
+
+    /// The same attributes for another operation (a settlement of a
+    /// consumed message).
+    #[cfg_attr(not(feature = "jetstream"), allow(dead_code))]
+    pub(crate) fn with_operation(
+        &self,
+        operation: &'static str,
+        operation_type: &'static str,
+    ) -> Self {
+        let mut attributes = self.attributes.clone();
+        for attribute in &mut attributes {
+            if attribute.key.as_str() == semconv::MESSAGING_OPERATION_NAME {
+                attribute.value = operation.into();
+            } else if attribute.key.as_str() == semconv::MESSAGING_OPERATION_TYPE {
+                attribute.value = operation_type.into();
+            }
+        }
+        Self { attributes }
+    }
+
+    /// With `error.type` when `error` is given.
+    fn with_error(&self, error: Option<&str>) -> std::borrow::Cow<'_, [KeyValue]> {
+        match error {
+            None => self.attributes.as_slice().into(),
+            Some(error) => {
+                let mut attributes = self.attributes.clone();
+                attributes.push(KeyValue::new(semconv::ERROR_TYPE, error.to_owned()));
+                attributes.into()
+            }
+        }
+    }
+}
 
 impl Metrics {
     /// The instruments of `provider`.
@@ -42,7 +156,15 @@ impl Metrics {
     }
 
     fn new(meter: &Meter) -> Self {
-        Self {
+        let duration = |name: &'static str, description: &'static str| {
+            meter
+                .f64_histogram(name)
+                .with_unit("s")
+                .with_description(description)
+                .with_boundaries(DURATION_BOUNDARIES.to_vec())
+                .build()
+        };
+        Self(Arc::new(Instruments {
             injected: meter
                 .u64_counter("nats_otel.inject.messages")
                 .with_description("Messages through the publish layer, by outcome")
@@ -59,35 +181,95 @@ impl Metrics {
                 .u64_counter("nats_otel.fallback.kv.operations")
                 .with_description("KV fallback reads and writes, by outcome")
                 .build(),
-        }
+            sent: meter
+                .u64_counter(names::MESSAGING_CLIENT_SENT_MESSAGES)
+                .with_unit("{message}")
+                .with_description("Number of messages producer attempted to send to the broker.")
+                .build(),
+            consumed: meter
+                .u64_counter(names::MESSAGING_CLIENT_CONSUMED_MESSAGES)
+                .with_unit("{message}")
+                .with_description("Number of messages that were delivered to the application.")
+                .build(),
+            operation_duration: duration(
+                names::MESSAGING_CLIENT_OPERATION_DURATION,
+                "Duration of messaging operation initiated by a producer or consumer client.",
+            ),
+            process_duration: duration(
+                names::MESSAGING_PROCESS_DURATION,
+                "Duration of processing operation.",
+            ),
+        }))
     }
 
     pub(crate) fn injected(&self, outcome: &'static str) {
-        self.injected.add(1, &[KeyValue::new("outcome", outcome)]);
+        self.0.injected.add(1, &[KeyValue::new("outcome", outcome)]);
     }
 
     pub(crate) fn extracted(&self, record: &ExtractionRecord) {
         let source = KeyValue::new("source", record.source().as_str());
         match record.reason() {
             Some(reason) => self
+                .0
                 .extracted
                 .add(1, &[source, KeyValue::new("reason", reason.as_str())]),
-            None => self.extracted.add(1, &[source]),
+            None => self.0.extracted.add(1, &[source]),
         }
     }
 
     pub(crate) fn skipped(&self, side: &'static str) {
-        self.skipped.add(1, &[KeyValue::new("side", side)]);
+        self.0.skipped.add(1, &[KeyValue::new("side", side)]);
     }
 
     #[cfg_attr(not(feature = "kv"), allow(dead_code))]
     pub(crate) fn kv(&self, operation: &'static str, ok: bool) {
-        self.kv.add(
+        self.0.kv.add(
             1,
             &[
                 KeyValue::new("operation", operation),
                 KeyValue::new("outcome", if ok { "ok" } else { "error" }),
             ],
         );
+    }
+
+    /// A publish that completed (or failed, with `error.type`) after
+    /// starting at `start`: one sent message and its duration.
+    pub(crate) fn sent(
+        &self,
+        start: Instant,
+        attributes: &MessagingAttributes,
+        error: Option<&str>,
+    ) {
+        let attributes = attributes.with_error(error);
+        self.0.sent.add(1, &attributes);
+        self.0
+            .operation_duration
+            .record(start.elapsed().as_secs_f64(), &attributes);
+    }
+
+    /// One message delivered to the application.
+    pub(crate) fn consumed(&self, attributes: &MessagingAttributes) {
+        self.0.consumed.add(1, &attributes.attributes);
+    }
+
+    /// A client operation other than a publish (a batch's receive, a
+    /// settlement) that started at `start`.
+    #[cfg_attr(not(feature = "jetstream"), allow(dead_code))]
+    pub(crate) fn operation(
+        &self,
+        start: Instant,
+        attributes: &MessagingAttributes,
+        error: Option<&str>,
+    ) {
+        self.0
+            .operation_duration
+            .record(start.elapsed().as_secs_f64(), &attributes.with_error(error));
+    }
+
+    /// A `process` operation that started at `start` and ends now.
+    pub(crate) fn processed(&self, start: Instant, attributes: &MessagingAttributes) {
+        self.0
+            .process_duration
+            .record(start.elapsed().as_secs_f64(), &attributes.attributes);
     }
 }

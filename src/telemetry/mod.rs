@@ -8,6 +8,6 @@ mod span;
 mod tracer;
 
 pub(crate) use messaging::{InContext, MessagingSpan, Operation, OperationType, Parent};
-pub(crate) use metrics::Metrics;
+pub(crate) use metrics::{MessagingAttributes, Metrics};
 pub(crate) use span::{captured_headers, SpanNameFn};
 pub(crate) use tracer::{caller_context, SpanTracer};
