@@ -124,7 +124,7 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// Environment: NATS_URL (else a private nats-server is started),
 /// OTEL_EXPORTER_OTLP_ENDPOINT (also export spans over OTLP/HTTP), RUST_LOG.
 #[derive(Debug, Parser)]
-#[command(name = "job_pipeline")]
+#[command(name = "job_pipeline", args_override_self = true)]
 struct Args {
     /// all: API + worker + a demo client in one process; api: the HTTP API only;
     /// worker: the JetStream worker only.

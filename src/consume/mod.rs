@@ -47,5 +47,5 @@ pub use item::ConsumerItem;
 #[cfg(feature = "jetstream")]
 #[cfg_attr(docsrs, doc(cfg(feature = "jetstream")))]
 pub use settle::SettleExt;
-pub use span::{HandlerSpanError, MessageContextExt, Redelivery};
+pub use span::{HandlerSpanError, MessageContextExt, Parenting};
 pub use stream::{ContextExtractingConsumer, ContextExtractor, TraceContextStreamExt};

@@ -112,27 +112,46 @@ pub(crate) fn process_templates(cx: &Context) -> Option<&SubjectTemplates> {
     cx.get::<Consumed>().and_then(|c| c.templates.as_ref())
 }
 
-/// How the `process` span of a redelivered JetStream message (delivered
-/// count > 1) relates to the message's creation context.
+/// How the `process` span relates to the message's creation context (the
+/// producer's span): as its child, or as the root of a new trace that links
+/// to it.
+///
+/// The `process` span links to the creation context in every case, as the
+/// messaging conventions ask; this policy decides only whether it is also
+/// the parent.
+///
+/// The default is [`ChildOfCreation`](Self::ChildOfCreation), whatever the
+/// context's source: the point of this crate, and of its KV and payload
+/// fallbacks, is that the worker's spans land in the producer's trace, and
+/// most backends show a linked trace as a separate one. Choose a
+/// `NewTrace…` policy when contexts can be old (a job replayed from a
+/// stream days later, a record read back from storage) and you would rather
+/// not grow a trace long after it ended, as NATS.Net does for contexts read
+/// back from storage.
 ///
 /// # Examples
 ///
 /// ```
-/// use nats_otel::{consume::ContextExtractor, consume::Redelivery};
+/// use nats_otel::{consume::ContextExtractor, consume::Parenting};
 ///
-/// let extractor = ContextExtractor::new().redelivery(Redelivery::NewTraceWithLink);
+/// let extractor = ContextExtractor::new().parenting(Parenting::NewTraceWhenReplayed);
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
-pub enum Redelivery {
+pub enum Parenting {
     /// Every delivery is a child of the creation context (the default):
-    /// retries appear under the original trace.
+    /// retries and recovered contexts appear under the original trace.
     #[default]
-    SameTrace,
-    /// A redelivery starts a new trace whose `process` span links to the
-    /// creation context, so retries do not pile up under the original
-    /// parent.
-    NewTraceWithLink,
+    ChildOfCreation,
+    /// A redelivered JetStream message (delivered count > 1) starts a new
+    /// trace linked to the creation context, so retries do not pile up
+    /// under the original parent.
+    NewTraceOnRedelivery,
+    /// A new trace linked to the creation context when that context is
+    /// stale or replayed: read back from the KV fallback or the payload
+    /// carrier, or the message is a redelivery. Contexts from headers on a
+    /// first delivery stay children.
+    NewTraceWhenReplayed,
 }
 
 /// Consumer-side span options.
@@ -141,7 +160,7 @@ pub(crate) struct ProcessOptions {
     pub(crate) span_name: Option<SpanNameFn>,
     pub(crate) disabled: bool,
     pub(crate) capture_headers: Arc<[String]>,
-    pub(crate) redelivery: Redelivery,
+    pub(crate) parenting: Parenting,
     pub(crate) metrics: Metrics,
     pub(crate) tracer: SpanTracer,
     pub(crate) warnings: warn::NoContextWarnings,
@@ -154,7 +173,8 @@ impl fmt::Debug for ProcessOptions {
             .field("custom_span_name", &self.span_name.is_some())
             .field("process_spans", &!self.disabled)
             .field("capture_headers", &self.capture_headers)
-            .field("redelivery", &self.redelivery)
+            .field("parenting", &self.parenting)
+            .field("templates", &self.templates)
             .field("tracer", &self.tracer)
             .finish()
     }
@@ -188,13 +208,19 @@ pub(crate) fn process_context(
         None => destination.span_name("process", subject),
     };
     let redelivered = meta.jetstream.as_ref().is_some_and(|js| js.delivered > 1);
-    let parent = if redelivered
-        && options.redelivery == Redelivery::NewTraceWithLink
-        && remote.span().span_context().is_valid()
-    {
+    let new_trace = match options.parenting {
+        Parenting::ChildOfCreation => false,
+        Parenting::NewTraceOnRedelivery => redelivered,
+        Parenting::NewTraceWhenReplayed => {
+            redelivered || matches!(record.source(), ContextSource::Kv | ContextSource::Payload)
+        }
+    };
+    let parent = if !remote.span().span_context().is_valid() {
+        Parent::Context(remote)
+    } else if new_trace {
         Parent::Root(Some(&remote))
     } else {
-        Parent::Context(remote)
+        Parent::Linked(remote)
     };
     let operation = Operation {
         kind: OperationType::Process,

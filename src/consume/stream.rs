@@ -16,7 +16,7 @@ use opentelemetry::Context;
 use pin_project_lite::pin_project;
 
 use super::item::ConsumerItem;
-use super::span::{process_context, with_record, ProcessOptions, Redelivery};
+use super::span::{process_context, with_record, Parenting, ProcessOptions};
 use crate::propagation::MessageMeta;
 use crate::propagation::PropagatorChoice;
 use crate::propagation::TraceCarrier;
@@ -265,11 +265,22 @@ impl ContextExtractor {
         self
     }
 
-    /// How redelivered JetStream messages are traced.
+    /// Whether the `process` span is a child of the creation context or a
+    /// new trace linked to it; see [`Parenting`] for why the default is
+    /// what it is.
     ///
-    /// By default, [`Redelivery::SameTrace`].
-    pub fn redelivery(mut self, redelivery: Redelivery) -> Self {
-        self.process.redelivery = redelivery;
+    /// By default, [`Parenting::ChildOfCreation`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use nats_otel::consume::{ContextExtractor, Parenting};
+    ///
+    /// // Retries start their own trace, linked to the original.
+    /// let extractor = ContextExtractor::new().parenting(Parenting::NewTraceOnRedelivery);
+    /// ```
+    pub fn parenting(mut self, parenting: Parenting) -> Self {
+        self.process.parenting = parenting;
         self
     }
 
@@ -735,6 +746,13 @@ impl<S: Stream> ContextExtractingConsumer<S> {
         T::Span: Send + Sync + 'static,
     {
         self.extractor = self.extractor.tracer(tracer);
+        self
+    }
+
+    /// Whether `process` spans are children of the creation context or new
+    /// traces linked to it; see [`ContextExtractor::parenting`].
+    pub fn parenting(mut self, parenting: Parenting) -> Self {
+        self.extractor = self.extractor.parenting(parenting);
         self
     }
 

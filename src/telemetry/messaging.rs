@@ -97,6 +97,9 @@ pub(crate) enum Parent<'a> {
     /// This context only: a `tracing` span is a root in `tracing`'s tree,
     /// so that it neither keeps the caller's span open nor nests under it.
     Context(Context),
+    /// As [`Context`](Self::Context), and linked to the context's span too
+    /// (a `process` span to the message's creation context).
+    Linked(Context),
     /// A new trace, linked to this context's span if given.
     Root(Option<&'a Context>),
 }
@@ -236,6 +239,11 @@ impl Operation<'_> {
                 let _ = span.set_parent(cx.clone());
                 Some(cx)
             }
+            Parent::Linked(cx) => {
+                let _ = span.set_parent(cx.clone());
+                span.add_link(cx.span().span_context().clone());
+                Some(cx)
+            }
             Parent::Caller(None) => None,
             Parent::Root(link) => {
                 if let Some(link) = link {
@@ -256,16 +264,20 @@ impl Operation<'_> {
         parent: Parent<'_>,
         recorded: Option<impl FnOnce() -> Vec<KeyValue>>,
     ) -> (T::Span, Context) {
-        let (cx, link) = match parent {
+        let link = |cx: &Context| Some(vec![Link::with_context(cx.span().span_context().clone())]);
+        let (cx, links) = match parent {
             Parent::Caller(explicit) => (explicit.unwrap_or_else(caller_context), None),
             Parent::Context(cx) => (cx, None),
-            Parent::Root(link) => (Context::new(), link),
+            Parent::Linked(cx) => {
+                let links = link(&cx);
+                (cx, links)
+            }
+            Parent::Root(linked) => (Context::new(), linked.and_then(link)),
         };
         let attributes = self.sampling_attributes();
         let mut builder = SpanBuilder::from_name(self.span_name).with_kind(self.kind.span_kind());
         builder.attributes = Some(attributes);
-        builder.links =
-            link.map(|link| vec![Link::with_context(link.span().span_context().clone())]);
+        builder.links = links;
         let mut span = tracer.build_with_context(builder, &cx);
         if let Some(recorded) = recorded.filter(|_| span.is_recording()) {
             span.set_attributes(recorded());
