@@ -180,7 +180,7 @@ impl fmt::Debug for ProcessOptions {
     }
 }
 
-/// Starts the CONSUMER `process {subject}` span as a child of `remote` and
+/// Starts the CONSUMER `process {template}` span as a child of `remote` and
 /// returns the context the handler's spans should be children of.
 pub(crate) fn process_context(
     meta: &MessageMeta<'_>,

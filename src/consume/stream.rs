@@ -464,7 +464,7 @@ pin_project! {
     /// [`ConsumerItem`]s. Errors pass through unchanged.
     ///
     /// For each message it extracts the remote context from the headers (any
-    /// header-name casing), starts a CONSUMER `process {subject}` span as its
+    /// header-name casing), starts a CONSUMER `process {template}` span as its
     /// child and yields a context holding that span and an
     /// [`ExtractionRecord`](crate::ExtractionRecord). A message without usable
     /// context is still yielded, as a new root, with the reason recorded and a
