@@ -35,6 +35,7 @@
 //! ```
 
 mod item;
+mod lookahead;
 #[cfg(feature = "jetstream")]
 mod settle;
 pub(crate) mod span;

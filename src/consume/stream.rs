@@ -16,6 +16,7 @@ use opentelemetry::Context;
 use pin_project_lite::pin_project;
 
 use super::item::ConsumerItem;
+use super::lookahead::{Lookahead, Outcome, DEFAULT_WINDOW};
 use super::span::{process_context, with_record, Parenting, ProcessOptions};
 use crate::propagation::MessageMeta;
 use crate::propagation::PropagatorChoice;
@@ -319,10 +320,13 @@ impl ContextExtractor {
     /// the payload carrier, if configured) give no valid context.
     ///
     /// A lookup is made only on such a miss, so intact headers cost no KV
-    /// read. The stream adapter keeps message order: while a lookup is
-    /// pending it yields nothing else, and a lookup waits at most the
-    /// policy's lookup timeout; a message whose lookup fails or times out is
-    /// still yielded, with the reason recorded.
+    /// read. The stream adapter keeps message order: while the oldest
+    /// message waits for its lookup, it reads the next ones, up to its
+    /// [look-ahead window](ContextExtractingConsumer::kv_lookahead), and
+    /// starts their lookups too, so that lookups overlap instead of costing
+    /// a round trip each. A lookup waits at most the policy's lookup
+    /// timeout; a message whose lookup fails or times out is still yielded,
+    /// with the reason recorded.
     ///
     /// By default, there is no KV fallback.
     #[cfg(feature = "kv")]
@@ -548,7 +552,10 @@ pin_project! {
         #[pin]
         inner: S,
         extractor: ContextExtractor,
-        pending: Option<Pending<S::Item>>,
+        // Messages read ahead while KV lookups are in flight.
+        #[pin]
+        ahead: Lookahead<S::Item>,
+        inner_done: bool,
         receive: Option<ReceiveSpan>,
     }
 }
@@ -659,18 +666,13 @@ impl ReceiveSpan {
     }
 }
 
-/// A message waiting for its KV lookup.
-struct Pending<T> {
-    item: T,
-    lookup: BoxFuture<'static, (Context, ExtractionRecord)>,
-}
-
 impl<S: Stream + fmt::Debug> fmt::Debug for ContextExtractingConsumer<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ContextExtractingConsumer")
             .field("inner", &self.inner)
             .field("extractor", &self.extractor)
-            .field("lookup_pending", &self.pending.is_some())
+            .field("read_ahead", &self.ahead.len())
+            .field("lookahead", &self.ahead.window())
             .field("receive_span", &self.receive.is_some())
             .finish()
     }
@@ -687,7 +689,8 @@ impl<S: Stream> ContextExtractingConsumer<S> {
         Self {
             inner,
             extractor,
-            pending: None,
+            ahead: Lookahead::new(DEFAULT_WINDOW),
+            inner_done: false,
             receive: None,
         }
     }
@@ -792,6 +795,45 @@ impl<S: Stream> ContextExtractingConsumer<S> {
         self
     }
 
+    /// How many messages the adapter may hold while KV lookups are in
+    /// flight: while the oldest waits for its lookup, it reads up to this
+    /// many and starts their lookups too, and still yields them in arrival
+    /// order. The adapter reads ahead only while it is polled and only
+    /// behind a pending lookup, so a slow handler never makes it buffer,
+    /// and intact headers make it hold nothing. `1` makes one lookup at a
+    /// time. Values below 1 count as 1.
+    ///
+    /// By default, 32.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # #[cfg(feature = "kv")]
+    /// # async fn run(
+    /// #     consumer: async_nats::jetstream::consumer::PullConsumer,
+    /// #     fallback: nats_otel::KvFallback,
+    /// # ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    /// use nats_otel::TraceContextStreamExt;
+    ///
+    /// // Large messages: hold at most 8 while lookups are in flight.
+    /// let messages = consumer
+    ///     .messages()
+    ///     .await?
+    ///     .with_trace_context()
+    ///     .fallback(fallback)
+    ///     .kv_lookahead(8);
+    /// # let _ = messages;
+    /// # Ok(())
+    /// # }
+    /// ```
+    #[cfg(feature = "kv")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "kv")))]
+    pub fn kv_lookahead(mut self, window: usize) -> Self {
+        // The messages already read ahead, if any, stay.
+        self.ahead.set_window(window);
+        self
+    }
+
     /// The inner stream.
     pub fn get_ref(&self) -> &S {
         &self.inner
@@ -825,76 +867,76 @@ where
         if let Some(receive) = this.receive.as_mut() {
             receive.start_once(&this.extractor.process.tracer);
         }
-        if let Some(pending) = this.pending.as_mut() {
-            let (remote, record) = ready!(pending.lookup.as_mut().poll(cx));
-            let item = this.pending.take().expect("pending checked above").item;
-            return Poll::Ready(Some(finish(
-                this.extractor,
-                this.receive,
-                item,
-                remote,
-                record,
-            )));
-        }
-        let Some(item) = ready!(this.inner.as_mut().poll_next(cx)) else {
-            if let Some(receive) = this.receive.take() {
-                receive.end(&this.extractor.process.metrics);
-            }
-            return Poll::Ready(None);
-        };
-        let mut lookup = match item.meta() {
-            None => return Poll::Ready(Some(item.attach(Context::new()))),
-            Some(meta) => match this.extractor.begin(&meta) {
-                Step::Done(remote, record) => {
-                    if let Some(receive) = this.receive.as_mut() {
-                        receive.link(&meta, &remote, &this.extractor.process.templates);
-                    }
-                    let process_cx = this.extractor.finish(&meta, remote, record);
-                    return Poll::Ready(Some(item.attach(process_cx)));
+        loop {
+            // Messages read ahead go out first, in arrival order.
+            if !this.ahead.is_empty() {
+                if let Poll::Ready(Some((item, outcome))) = this.ahead.as_mut().poll_next(cx) {
+                    return Poll::Ready(Some(finish(this.extractor, this.receive, item, outcome)));
                 }
-                Step::Skip => return Poll::Ready(Some(item.attach(skipped_context()))),
-                Step::Lookup(lookup) => lookup,
-            },
-        };
-        // Poll once right away: a fast lookup yields in this call.
-        if let Poll::Ready((remote, record)) = lookup.as_mut().poll(cx) {
-            return Poll::Ready(Some(finish(
-                this.extractor,
-                this.receive,
-                item,
-                remote,
-                record,
-            )));
+                // The oldest is still waiting for its lookup: read on, up
+                // to the window, so that the next lookups overlap with it.
+                if *this.inner_done || !this.ahead.has_room() {
+                    return Poll::Pending;
+                }
+            } else if *this.inner_done {
+                if let Some(receive) = this.receive.take() {
+                    receive.end(&this.extractor.process.metrics);
+                }
+                return Poll::Ready(None);
+            }
+            let Some(item) = ready!(this.inner.as_mut().poll_next(cx)) else {
+                *this.inner_done = true;
+                continue;
+            };
+            let outcome = match item.meta() {
+                None => Outcome::NoMeta,
+                Some(meta) => match this.extractor.begin(&meta) {
+                    Step::Done(remote, record) => Outcome::Extracted(remote, record),
+                    Step::Skip => Outcome::Skipped,
+                    Step::Lookup(lookup) => {
+                        this.ahead.as_mut().push_lookup(item, lookup);
+                        continue;
+                    }
+                },
+            };
+            if this.ahead.is_empty() {
+                // Nothing ahead of it: out at once, with no queueing.
+                return Poll::Ready(Some(finish(this.extractor, this.receive, item, outcome)));
+            }
+            this.ahead.as_mut().push_ready(item, outcome);
         }
-        *this.pending = Some(Pending { item, lookup });
-        Poll::Pending
     }
 
     fn size_hint(&self) -> (usize, Option<usize>) {
-        let pending = usize::from(self.pending.is_some());
+        let ahead = self.ahead.len();
+        if self.inner_done {
+            return (ahead, Some(ahead));
+        }
         let (low, high) = self.inner.size_hint();
         (
-            low.saturating_add(pending),
-            high.and_then(|h| h.checked_add(pending)),
+            low.saturating_add(ahead),
+            high.and_then(|h| h.checked_add(ahead)),
         )
     }
 }
 
+/// The message with its context: the `process` span starts here, as the
+/// message leaves the adapter.
 fn finish<T: ConsumerItem>(
     extractor: &ContextExtractor,
     receive: &mut Option<ReceiveSpan>,
     item: T,
-    remote: Context,
-    record: ExtractionRecord,
+    outcome: Outcome,
 ) -> T::WithContext {
-    let cx = match item.meta() {
-        Some(meta) => {
+    let cx = match (outcome, item.meta()) {
+        (Outcome::Extracted(remote, record), Some(meta)) => {
             if let Some(receive) = receive.as_mut() {
                 receive.link(&meta, &remote, &extractor.process.templates);
             }
             extractor.finish(&meta, remote, record)
         }
-        None => Context::new(),
+        (Outcome::Skipped, _) => skipped_context(),
+        (Outcome::NoMeta, _) | (_, None) => Context::new(),
     };
     item.attach(cx)
 }
