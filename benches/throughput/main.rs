@@ -16,13 +16,14 @@
 //! | `NATS_OTEL_BENCH_ROUNDS` | 11 | rounds per pair |
 //! | `NATS_OTEL_BENCH_MESSAGES` | 100000 | core publish and consume, per run |
 //! | `NATS_OTEL_BENCH_JS_MESSAGES` | 50000 | JetStream publish, per run |
-//! | `NATS_OTEL_BENCH_KV_MESSAGES` | 5000 | KV write-through, per run |
+//! | `NATS_OTEL_BENCH_KV_MESSAGES` | 5000 | KV write-through, per run; also the messages of the `stripped` rows (published once, all consumed per run) |
 //! | `NATS_OTEL_BENCH_WINDOW` | 256 | JetStream acks in flight (KV: a quarter of it) |
 //! | `NATS_OTEL_BENCH_RSS_MESSAGES` | 1000000 | messages consumed for the RSS check |
 //! | `NATS_OTEL_BENCH_PAYLOAD` | 128 | payload bytes |
 //! | `NATS_OTEL_BENCH_STORAGE` | `file` | storage of the benchmark's streams and KV bucket, `file` (JetStream's default) or `memory` |
 //! | `NATS_OTEL_BENCH_WORKERS` | 0 | worker threads of the client's runtime; 0 runs everything, the client's connection task included, on one thread (every nanosecond the layer adds shows); with workers, the connection task runs beside the publishing loop |
-//! | `NATS_OTEL_BENCH_ONLY` | (all) | comma-separated subset: `core`, `core_sampled`, `core_tracer`, `core_tracer_sampled`, `core_nospans`, `core_names`, `js`, `js_tracer`, `consume`, `consume_tracer`, `kv`, `rss` |
+//! | `NATS_OTEL_BENCH_STRIPPED_PROBE` | (off) | `1`: after the `stripped` rows, print where a stripped consume's time goes: raw `kv.get` rates by lookups in flight, batched direct gets (`multi_last`), the adapter by `kv_lookahead` (single runs, not paired) |
+//! | `NATS_OTEL_BENCH_ONLY` | (all) | comma-separated subset: `core`, `core_sampled`, `core_tracer`, `core_tracer_sampled`, `core_nospans`, `core_names`, `js`, `js_tracer`, `consume`, `consume_tracer`, `kv`, `stripped` (consume with the KV fallback, headers stripped vs intact: `messages()`, `fetch()`, `messages()` with `kv_lookahead(1)`), `rss` |
 //!
 //! Under `cargo test --benches` (no `--bench` argument) it does nothing.
 
@@ -33,11 +34,13 @@ mod consume;
 mod harness;
 mod kv;
 mod publish;
+mod stripped;
 
 use consume::*;
 use harness::*;
 use kv::*;
 use publish::*;
+use stripped::*;
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -308,6 +311,17 @@ fn main() -> Result<()> {
     } else {
         None
     };
+    let stripped_lines = if run("stripped") {
+        let (stripped_rows, lines) = with_dispatch(
+            &unsampled,
+            &rt,
+            stripped_headers(&js, &consumer, &s, &payload),
+        )?;
+        rows.extend(stripped_rows);
+        lines
+    } else {
+        Vec::new()
+    };
     let rss = if s.rss_messages > 0 && run("rss") {
         Some(with_dispatch(
             &unsampled,
@@ -335,6 +349,9 @@ fn main() -> Result<()> {
         println!(
             "KV reads while consuming {from_headers} messages with intact headers (fallback configured): {kv_reads} (target: 0)"
         );
+    }
+    for line in &stripped_lines {
+        println!("{line}");
     }
     if let Some((before, after, took)) = rss {
         let growth = after as i64 - before as i64;

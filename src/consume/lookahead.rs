@@ -19,6 +19,9 @@ use crate::propagation::ExtractionRecord;
 pub(crate) const DEFAULT_WINDOW: usize = 32;
 
 /// What became of a message's context.
+// Moved once per message; boxing the large variant would cost an
+// allocation per message instead.
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum Outcome {
     /// Extracted (from headers, payload or KV) or found missing, with the
     /// record saying which.
