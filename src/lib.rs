@@ -34,6 +34,8 @@
 //! - [`propagation`]: the one W3C codec and its carriers — header
 //!   injector and extractor, header names, [`TraceCarrier`], the KV record.
 //! - `fallback` (feature `kv`): the KV fallback policy, keys and bucket.
+//! - `hops` (feature `hops`): nats-server message-trace events turned into
+//!   one span per server a message crossed.
 //! - [`subject`]: subject filters and the templates that keep span names
 //!   low-cardinality.
 //! - [`diagnose`](mod@diagnose): the start-up self-check.
@@ -80,6 +82,9 @@ pub mod diagnose;
 #[cfg(feature = "kv")]
 #[cfg_attr(docsrs, doc(cfg(feature = "kv")))]
 pub mod fallback;
+#[cfg(feature = "hops")]
+#[cfg_attr(docsrs, doc(cfg(feature = "hops")))]
+pub mod hops;
 pub mod propagation;
 pub mod publish;
 pub mod subject;
