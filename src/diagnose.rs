@@ -79,6 +79,16 @@ pub enum Finding {
         /// The server's name and version, as it reported them.
         server: String,
     },
+    /// The server (2.11.0 up to 2.12.11) renames `Traceparent` to
+    /// `traceparent` on every message, and while nats-server message
+    /// tracing is active may overwrite the first letter of a trace header on
+    /// stored messages: consumers that read only `Traceparent`
+    /// (OpenTelemetry Go's `HeaderCarrier`) lose the trace, and server hops
+    /// ([`hops`](crate#modules), feature `hops`) stay off on it.
+    ServerRewritesTraceHeaders {
+        /// The server's name and version, as it reported them.
+        server: String,
+    },
     /// The client could not reach the server, so header support was not
     /// checked.
     ServerUnreachable {
@@ -106,6 +116,7 @@ impl Finding {
             Self::NoopTracer => "noop_tracer",
             Self::NotSampling => "not_sampling",
             Self::ServerWithoutHeaders { .. } => "server_without_headers",
+            Self::ServerRewritesTraceHeaders { .. } => "server_rewrites_trace_headers",
             Self::ServerUnreachable { .. } => "server_unreachable",
         }
     }
@@ -158,6 +169,9 @@ impl Finding {
                  no_header_support from its configuration; until then, carry the context in \
                  the payload (TraceCarrier) instead"
             }
+            Self::ServerRewritesTraceHeaders { .. } => {
+                "upgrade nats-server to 2.12.12, 2.14.0 or later; until then Go consumers need                  a carrier that reads any casing, and message tracing (server hops) stays off"
+            }
             Self::ServerUnreachable { .. } => {
                 "check the server URL and credentials, then call diagnose_client again once \
                  the client is connected"
@@ -202,6 +216,12 @@ impl fmt::Display for Finding {
                 f,
                 "the server ({server}) does not support message headers: traceparent cannot \
                  travel"
+            ),
+            Self::ServerRewritesTraceHeaders { server } => write!(
+                f,
+                "{server} renames Traceparent to traceparent on every message and may \
+                 overwrite trace headers while message tracing is active: Go consumers lose \
+                 the trace and server hops stay off"
             ),
             Self::ServerUnreachable { error } => write!(
                 f,
@@ -280,17 +300,32 @@ pub async fn diagnose_client(client: &async_nats::Client) -> Vec<Finding> {
         }
     }
     let info = client.server_info();
+    let name = if info.server_name.is_empty() {
+        "nats-server".to_owned()
+    } else {
+        info.server_name.clone()
+    };
+    let server = format!("{name} {}", info.version).trim_end().to_owned();
     if !info.headers {
-        let name = if info.server_name.is_empty() {
-            "nats-server".to_owned()
-        } else {
-            info.server_name.clone()
-        };
-        findings.push(Finding::ServerWithoutHeaders {
-            server: format!("{name} {}", info.version).trim_end().to_owned(),
-        });
+        findings.push(Finding::ServerWithoutHeaders { server });
+    } else if rewrites_trace_headers(&info.version) {
+        findings.push(Finding::ServerRewritesTraceHeaders { server });
     }
     findings
+}
+
+/// Whether `version` is a nats-server from 2.11.0 up to 2.12.11, which
+/// rename `Traceparent` and may overwrite trace headers under message
+/// tracing (fixed in 2.12.12 and 2.14.0).
+fn rewrites_trace_headers(version: &str) -> bool {
+    let core = version.split(['-', '+']).next().unwrap_or_default();
+    let mut parts = core.split('.').map(|p| p.parse::<u32>().ok());
+    match (parts.next(), parts.next(), parts.next()) {
+        (Some(Some(major)), Some(Some(minor)), Some(Some(patch))) => {
+            ((2, 11, 0)..(2, 12, 12)).contains(&(major, minor, patch))
+        }
+        _ => false,
+    }
 }
 
 /// Probes the calling thread's default subscriber with a throwaway span.

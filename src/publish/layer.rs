@@ -100,6 +100,10 @@ pub struct TracePropagationLayer {
     pub(crate) warned_no_context: Arc<AtomicBool>,
     #[cfg(feature = "kv")]
     pub(crate) fallback: Option<Arc<crate::fallback::KvFallback>>,
+    /// The bridge's settings and the share of sampled traces to trace in
+    /// the servers.
+    #[cfg(feature = "hops")]
+    pub(crate) server_hops: Option<(crate::hops::HopsSettings, f64)>,
 }
 
 impl fmt::Debug for TracePropagationLayer {
@@ -115,6 +119,7 @@ impl fmt::Debug for TracePropagationLayer {
             .field("instrument_inner", &self.instrument_inner)
             .field("header_names", &self.header_names)
             .field("kv_fallback", &self.kv_fallback_bucket())
+            .field("server_hops", &self.server_hops_dest())
             .finish()
     }
 }
@@ -385,6 +390,64 @@ impl TracePropagationLayer {
     pub fn fallback(mut self, fallback: crate::fallback::KvFallback) -> Self {
         self.fallback = Some(Arc::new(fallback));
         self
+    }
+
+    /// Asks the NATS servers each sampled message crosses to report it
+    /// (nats-server message tracing): adds `Nats-Trace-Dest` with the
+    /// subject of a running [`ServerHops`](crate::hops::ServerHops) bridge,
+    /// which turns those reports into one span per server between the
+    /// PRODUCER span and the consumer's `process` span.
+    ///
+    /// Only messages whose PRODUCER span is sampled get the header, and of
+    /// those the share `ratio` (0.0 to 1.0, decided by trace id as the ratio
+    /// sampler does); never unsampled ones. While the bridge is not running
+    /// — stopped, or disabled because the server's version rewrites trace
+    /// headers under message tracing (2.11.0 to 2.12.11) — nothing is
+    /// added; the bridge recorded why (a WARN, and
+    /// [`ServerHops::disabled_reason`](crate::hops::ServerHops::disabled_reason)).
+    ///
+    /// Cost: each server the message crosses publishes one event (a few
+    /// hundred bytes, the message's headers but not its payload) to the
+    /// bridge's subject; keep `ratio` low on busy subjects.
+    ///
+    /// By default, messages are not traced in the servers.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use nats_otel::{hops::ServerHops, CorePublisher, TracePropagationLayer};
+    /// use opentelemetry::trace::TracerProvider as _;
+    /// use tower::Layer;
+    ///
+    /// # async fn run(provider: opentelemetry_sdk::trace::SdkTracerProvider) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    /// let client = async_nats::connect("nats://127.0.0.1:4222").await?;
+    /// let hops = ServerHops::spawn(client.clone(), "nats_otel.hops", provider.tracer("nats-otel")).await?;
+    /// // A tenth of the sampled traces show their path through the servers.
+    /// let publisher = TracePropagationLayer::new()
+    ///     .server_hops(hops.publish_settings(), 0.1)
+    ///     .layer(CorePublisher::new(client));
+    /// # let _ = publisher;
+    /// # Ok(())
+    /// # }
+    /// ```
+    #[cfg(feature = "hops")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "hops")))]
+    pub fn server_hops(mut self, settings: crate::hops::HopsSettings, ratio: f64) -> Self {
+        let ratio = if ratio.is_nan() {
+            0.0
+        } else {
+            ratio.clamp(0.0, 1.0)
+        };
+        self.server_hops = Some((settings, ratio));
+        self
+    }
+
+    fn server_hops_dest(&self) -> Option<&str> {
+        #[cfg(feature = "hops")]
+        if let Some((settings, _)) = &self.server_hops {
+            return Some(settings.dest());
+        }
+        None
     }
 
     fn kv_fallback_bucket(&self) -> Option<&str> {

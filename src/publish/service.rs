@@ -191,6 +191,14 @@ where
                 );
             }
         }
+        #[cfg(feature = "hops")]
+        if let Some((hops, ratio)) = &layer.server_hops {
+            let parent = cx.span();
+            let producer = span.span_context().unwrap_or_else(|| parent.span_context());
+            if within_ratio(producer, *ratio) {
+                hops.apply(request.headers_mut(), producer);
+            }
+        }
         drop(cx);
 
         #[cfg(feature = "kv")]
@@ -237,6 +245,21 @@ fn recorded_attributes<R: PublishMessage>(
     attributes
 }
 
+/// Whether the trace falls within `ratio` of all traces, decided by its id
+/// as OpenTelemetry's ratio sampler does, so every publisher of a trace
+/// decides alike.
+#[cfg(feature = "hops")]
+fn within_ratio(span_context: &opentelemetry::trace::SpanContext, ratio: f64) -> bool {
+    if ratio >= 1.0 {
+        return true;
+    }
+    let bytes = span_context.trace_id().to_bytes();
+    let mut low = [0; 8];
+    low.copy_from_slice(&bytes[8..]);
+    let threshold = (ratio.max(0.0) * (1u64 << 63) as f64) as u64;
+    (u64::from_be_bytes(low) >> 1) < threshold
+}
+
 /// Once per layer (its clones and services share the flag).
 fn warn_invalid_context_once(warned: &AtomicBool, subject: &str) {
     if !warned.swap(true, Ordering::Relaxed) {
@@ -246,6 +269,44 @@ fn warn_invalid_context_once(warned: &AtomicBool, subject: &str) {
             "publishing without a valid trace context, so no traceparent is sent: is an \
              OpenTelemetry layer (tracing_opentelemetry::layer()) installed in the tracing \
              subscriber, and is the publish made inside a span? (reported once)"
+        );
+    }
+}
+
+#[cfg(all(test, feature = "hops"))]
+mod tests {
+    use opentelemetry::trace::{SpanContext, SpanId, TraceFlags, TraceId, TraceState};
+
+    use super::within_ratio;
+
+    fn with_trace(id: u128) -> SpanContext {
+        SpanContext::new(
+            TraceId::from(id),
+            SpanId::from(1),
+            TraceFlags::SAMPLED,
+            false,
+            TraceState::NONE,
+        )
+    }
+
+    #[test]
+    fn ratio_decides_by_trace_id() {
+        let ids: Vec<u128> = (1..=2000u128)
+            .map(|i| i.wrapping_mul(0x9e37_79b9_7f4a_7c15_f39c_c060_5ced_c835))
+            .collect();
+        let share = |ratio: f64| {
+            ids.iter()
+                .filter(|id| within_ratio(&with_trace(**id), ratio))
+                .count()
+        };
+        assert_eq!(share(0.0), 0);
+        assert_eq!(share(1.0), ids.len());
+        let half = share(0.5);
+        assert!((800..1200).contains(&half), "{half} of 2000 at 0.5");
+        // The same trace, the same decision.
+        assert_eq!(
+            within_ratio(&with_trace(ids[7]), 0.3),
+            within_ratio(&with_trace(ids[7]), 0.3)
         );
     }
 }
