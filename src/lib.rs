@@ -71,6 +71,7 @@
 //! - `jetstream` (default): `JetStreamPublisher`, `JetStreamSender` and
 //!   JetStream message support in the consumer adapter.
 //! - `kv`: the KV fallback for the trace carrier.
+//! - `hops`: nats-server message-trace events as spans (`hops::ServerHops`).
 //! - `cli`: the `nats-otel` binary (`doctor`, `inspect`).
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![deny(unsafe_code, unreachable_pub)]

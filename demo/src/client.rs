@@ -39,6 +39,8 @@ pub(crate) async fn run_all(
     telemetry: &Telemetry,
 ) -> Result<bool, BoxError> {
     let fallback = publishing.fallback.clone();
+    let hops = publishing.hops.clone();
+    let expect_hops = hops.as_ref().is_some_and(|h| h.is_enabled());
     let listener = api::bind(listen).await?;
     let api_addr = listener.local_addr()?;
     let (stop_api, api_stopped) = oneshot::channel::<()>();
@@ -60,13 +62,13 @@ pub(crate) async fn run_all(
         let stopped = async {
             let _ = worker_stopped.await;
         };
-        let outcome = worker::run(client, worker_fallback, Some(done_tx), stopped).await;
+        let outcome = worker::run(client, worker_fallback, Some(done_tx), hops, stopped).await;
         ("worker", outcome)
     });
 
     let outcome = tokio::select! {
         () = crate::ctrl_c() => if jobs == 0 { Ok(true) } else { Err("interrupted".into()) },
-        result = submit_and_check(api_addr, jobs, &mut done_rx, fallback.as_ref(), telemetry),
+        result = submit_and_check(api_addr, jobs, &mut done_rx, fallback.as_ref(), telemetry, expect_hops),
             if jobs > 0 => result,
         Some(joined) = tasks.join_next() => Err(match joined {
             Ok((name, Ok(()))) => format!("the {name} stopped unexpectedly"),
@@ -96,6 +98,7 @@ async fn submit_and_check(
     done: &mut mpsc::UnboundedReceiver<JobDone>,
     fallback: Option<&KvFallback>,
     telemetry: &Telemetry,
+    expect_hops: bool,
 ) -> Result<bool, BoxError> {
     let http = reqwest::Client::builder()
         .timeout(RESULT_TIMEOUT * 2)
@@ -137,6 +140,16 @@ async fn submit_and_check(
         );
     }
     if let Some(first) = submitted.first() {
+        if expect_hops {
+            // The servers' reports arrive on their own: wait (bounded) for the job's and the
+            // result's.
+            let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(3);
+            while hop_spans(telemetry, first.client_trace_id) < 2
+                && tokio::time::Instant::now() < deadline
+            {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+        }
         println!();
         tree::print_trace_tree(&telemetry.finished_spans(), first.client_trace_id);
     }
@@ -190,4 +203,13 @@ async fn submit(http: &reqwest::Client, api: SocketAddr, input: String) -> Submi
         client_trace_id,
         job_id,
     }
+}
+
+/// How many `nats-server …` spans trace `trace_id` has so far.
+fn hop_spans(telemetry: &Telemetry, trace_id: opentelemetry::trace::TraceId) -> usize {
+    telemetry
+        .finished_spans()
+        .iter()
+        .filter(|s| s.span_context.trace_id() == trace_id && s.name.starts_with("nats-server"))
+        .count()
 }

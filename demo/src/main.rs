@@ -144,6 +144,10 @@ struct Args {
     /// forwarding only the payload would.
     #[arg(long)]
     strip_headers: bool,
+    /// Trace each job through the NATS servers too (nats-server message tracing, 2.12.12,
+    /// 2.14 or later): one `nats-server …` span per server between `publish` and `process`.
+    #[arg(long)]
+    server_hops: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -191,9 +195,16 @@ async fn run(args: Args) -> Result<bool, BoxError> {
         FallbackMode::Kv => Some(nats::kv_fallback(&jetstream::new(client.clone())).await?),
         FallbackMode::None => None,
     };
+    // Keep `_hops` alive until the end: dropping it stops the bridge.
+    let _hops = match args.server_hops {
+        true => Some(nats::server_hops(&client, telemetry.tracer()).await?),
+        false => None,
+    };
+    let hops = _hops.as_ref().map(|h| h.publish_settings());
     let publishing = JobPublishing {
         fallback: fallback.clone(),
         strip_headers: args.strip_headers,
+        hops: hops.clone(),
     };
     let listen = args.listen.unwrap_or_else(|| match args.role {
         Role::All => SocketAddr::from(([127, 0, 0, 1], 0)),
@@ -204,7 +215,7 @@ async fn run(args: Args) -> Result<bool, BoxError> {
         Role::Api => api::serve(client, listen, publishing, ctrl_c())
             .await
             .map(|()| true),
-        Role::Worker => worker::run(client, fallback, None, ctrl_c())
+        Role::Worker => worker::run(client, fallback, None, hops, ctrl_c())
             .await
             .map(|()| true),
         Role::All => client::run_all(client, listen, args.jobs, publishing, &telemetry).await,

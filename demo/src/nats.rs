@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer::pull, publish::PublishAck};
 use async_nats::{Client, ServerAddr};
+use nats_otel::hops::{HopsSettings, ServerHops};
 use nats_otel::{
     consume::MessageMeta, fallback::FallbackKey, publish::TracePropagation, CorePublisher,
     JetStreamPublisher, KvFallback, Publish, TracePropagationLayer,
@@ -27,7 +28,7 @@ pub(crate) async fn connect(role: Role) -> Result<(Client, Option<NatsServer>), 
     let (url, server) = match std::env::var("NATS_URL").ok().filter(|url| !url.is_empty()) {
         Some(url) => (url, None),
         None => {
-            let server = tokio::task::spawn_blocking(NatsServer::try_start)
+            let server = tokio::task::spawn_blocking(|| NatsServer::builder().server_name("demo-nats").try_start())
                 .await?
                 .map_err(|e| format!("NATS_URL is unset and no private nats-server: {e}"))?;
             let url = server.url();
@@ -129,6 +130,8 @@ pub(crate) struct JobPublishing {
     pub(crate) fallback: Option<KvFallback>,
     /// Drop the headers on the way to JetStream (`--strip-headers`).
     pub(crate) strip_headers: bool,
+    /// Ask the servers to report each job's path (`--server-hops`).
+    pub(crate) hops: Option<HopsSettings>,
 }
 
 /// Publishes jobs to JetStream and waits for the ack: a PRODUCER span per publish,
@@ -146,6 +149,9 @@ pub(crate) fn job_publisher(js: jetstream::Context, publishing: JobPublishing) -
     };
     let sender = JetStreamPublisher::new(js).map_request(relay);
     let mut layer = TracePropagationLayer::new();
+    if let Some(hops) = publishing.hops {
+        layer = layer.server_hops(hops, 1.0);
+    }
     // `Error::KvWrite` only comes with `WritePolicy::Required`: here a failed write is
     // logged and the job still sent.
     if let Some(fallback) = publishing.fallback {
@@ -167,6 +173,24 @@ fn strip_headers(message: Publish) -> Publish {
 /// Publishes results on core NATS, traced the same way.
 pub(crate) type ResultPublisher = TracePropagation<CorePublisher>;
 
-pub(crate) fn result_publisher(client: Client) -> ResultPublisher {
-    TracePropagationLayer::new().layer(CorePublisher::new(client))
+pub(crate) fn result_publisher(client: Client, hops: Option<HopsSettings>) -> ResultPublisher {
+    let mut layer = TracePropagationLayer::new();
+    if let Some(hops) = hops {
+        layer = layer.server_hops(hops, 1.0);
+    }
+    layer.layer(CorePublisher::new(client))
+}
+
+/// Starts the bridge that turns the servers' message-trace events into spans
+/// (`--server-hops`); on a server that cannot trace safely it stays off and says why.
+pub(crate) async fn server_hops(
+    client: &Client,
+    tracer: opentelemetry_sdk::trace::SdkTracer,
+) -> Result<ServerHops, BoxError> {
+    let hops = ServerHops::spawn(client.clone(), "job_pipeline.hops", tracer).await?;
+    match hops.disabled_reason() {
+        Some(reason) => tracing::warn!("server hops off: {reason}"),
+        None => tracing::info!("server hops on: the servers report each job's path"),
+    }
+    Ok(hops)
 }

@@ -59,6 +59,11 @@ impl Telemetry {
         Ok(Self { provider, memory })
     }
 
+    /// The tracer the `tracing` layer uses, for components that make spans directly.
+    pub(crate) fn tracer(&self) -> opentelemetry_sdk::trace::SdkTracer {
+        self.provider.tracer("job_pipeline")
+    }
+
     /// Every span finished so far (role `all` only).
     pub(crate) fn finished_spans(&self) -> Vec<SpanData> {
         let _ = self.provider.force_flush();

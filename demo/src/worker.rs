@@ -20,6 +20,7 @@ use crate::job::{check_job_id, result_subject, Job, JobResult, CONSUMER, STREAM}
 use crate::nats::{ensure_job_stream, job_consumer, result_publisher, ResultPublisher};
 use crate::telemetry::trace_id_of;
 use crate::BoxError;
+use nats_otel::hops::HopsSettings;
 
 /// What the worker reports for each finished job (printed as one JSON line).
 #[derive(Debug, Clone)]
@@ -77,12 +78,13 @@ pub(crate) async fn run(
     client: Client,
     fallback: Option<KvFallback>,
     done: Option<mpsc::UnboundedSender<JobDone>>,
+    hops: Option<HopsSettings>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), BoxError> {
     let js = jetstream::new(client.clone());
     let stream = ensure_job_stream(&js).await?;
     let consumer = job_consumer(&stream).await?;
-    let results = result_publisher(client);
+    let results = result_publisher(client, hops);
 
     let mut jobs = consumer
         .messages()
