@@ -4,7 +4,8 @@
 //! - `nats-otel doctor` publishes a probe with a known trace context through
 //!   the crate's publish layer, consumes it (core NATS and, with `--stream`,
 //!   JetStream) and gives a verdict per step: injected, arrived with which
-//!   headers, extracted, same trace.
+//!   headers, extracted, same trace; with `--hops`, the servers' message
+//!   traces show the probe's path and the hop where its headers were lost.
 //! - `nats-otel inspect` tails messages without acknowledging them and
 //!   prints, per message, its headers, whether its `traceparent` is valid,
 //!   its trace id and where a consumer's context would come from.
@@ -55,13 +56,24 @@ enum Command {
 }
 
 const DOCTOR_HELP: &str = "\
-Steps: server (headers supported?), inject (traceparent written?), publish, then per
-path (core, and jetstream with --stream): transit (arrived? with which headers?),
-extract (where did the consumer's context come from?), trace (same trace id?).
+Steps: server (headers supported?), inject (traceparent written?), publish, hops (with
+--hops: through which servers, and where were the trace headers lost?), then per path
+(core, and jetstream with --stream): transit (arrived? with which headers?), extract
+(where did the consumer's context come from?), trace (same trace id?).
 
 To check your real path, publish with --subject where your producer side publishes and
 consume with --listen where your relay, bridge or republisher delivers:
   nats-otel doctor --subject orders.in --listen orders.out --stream ORDERS
+
+With --hops, the probe also carries Nats-Trace-Dest (nats-server message tracing, used only
+with nats-server 2.12.12 or later; with older servers the hops step says why it is
+skipped). Every server the probe crosses reports, and the hops step lists the path hop by
+hop (server, ingress, the trace headers there compared with what was sent, JetStream
+store, egresses) and names the hop where the trace headers were lost, e.g. the client
+connection and subscription of a relay. When the consumer is behind a leafnode, gateway
+or route, expect the probe there with --listen-server:
+  nats-otel doctor --server nats://leaf:4222 --subject ingress.orders \\
+    --listen jobs.orders --listen-server nats://hub:4222 --hops
 
 Exit codes: 0 healthy (warnings allowed), 1 broken, 2 usage or connection error.";
 

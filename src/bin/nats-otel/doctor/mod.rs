@@ -3,38 +3,40 @@
 //!
 //! This module does the I/O (connecting, publishing the probe through the
 //! layer, listening on core NATS and JetStream, the KV fallback);
-//! [`evaluate`] judges what was seen without a server, [`transit`] names
-//! what a hop did to the headers, and [`render`] prints the report.
+//! [`publish`] sends the probe through the layer, [`link`] waits for
+//! interest across servers (`--listen-server`); [`evaluate`] judges what
+//! was seen without a server, [`transit`] names what a hop did to the
+//! headers, [`hops`] follows the probe through the servers (`--hops`), and
+//! [`render`] prints the report.
 
 mod evaluate;
+mod hops;
+mod link;
+mod publish;
 mod render;
 mod transit;
 
-use std::future::poll_fn;
-use std::sync::{Arc, Mutex};
-use std::task::{Context as TaskContext, Poll};
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, consumer::pull, consumer::DeliverPolicy};
-use async_nats::HeaderMap;
 use clap::Args;
 use futures::stream::BoxStream;
 use futures::{Stream, StreamExt};
 use nats_otel::consume::ConsumerItem;
 use nats_otel::fallback::{FallbackKey, WritePolicy};
-use nats_otel::publish::PublishMessage as _;
+use nats_otel::hops::TRACE_DEST_HEADER;
 use nats_otel::{
-    CorePublisher, JetStreamPublisher, KvFallback, MessageContextExt, Publish,
-    TraceContextStreamExt, TracePropagationLayer,
+    ContextSource, CorePublisher, JetStreamPublisher, KvFallback, MessageContextExt, Publish,
+    TraceContextStreamExt,
 };
 use opentelemetry::Context;
 use serde_json::json;
-use tower::{Layer, Service};
 
 use self::evaluate::{
     evaluate_path, inject_step, probe_id, publish_step, server_refused_step, server_step, Arrival,
-    PathContext, Probe,
+    PathContext, Probe, Status,
 };
+use self::publish::publish_through;
 use self::render::Report;
 use crate::analysis::{extracted_trace_id, subject_matches, HeaderAnalysis};
 use crate::{parse_seconds, Failure, ServerArgs};
@@ -61,6 +63,28 @@ pub(crate) struct DoctorArgs {
     #[arg(long, value_name = "SUBJECT")]
     listen: Option<String>,
 
+    /// Expect the probe on --listen through a connection to this server
+    /// (e.g. the other side of a leafnode, gateway or route) instead of
+    /// --server; the doctor waits until that subscription is known where
+    /// the probe is published. The stream (--stream) is still read through
+    /// --server.
+    #[arg(long, value_name = "URL")]
+    listen_server: Option<String>,
+
+    /// Follow the probe through the servers with nats-server message
+    /// tracing (used only with nats-server 2.12.12 or later): it carries
+    /// Nats-Trace-Dest, every server it crosses reports, and the doctor
+    /// prints the path hop by hop and names the hop where the trace
+    /// headers were lost.
+    #[arg(long)]
+    hops: bool,
+
+    /// With --hops: how long to keep collecting trace events once the
+    /// probe arrived (or the wait for it ended), in seconds; stops earlier
+    /// once every server the probe was forwarded to has reported.
+    #[arg(long, value_name = "SECS", default_value = "1", value_parser = parse_seconds)]
+    hops_window: Duration,
+
     /// Also consume the probe from this JetStream stream, through a
     /// temporary consumer filtered on the listen subject. When the stream
     /// captures the publish subject, the probe is published with JetStream
@@ -84,98 +108,6 @@ pub(crate) struct DoctorArgs {
     /// Print the report as JSON.
     #[arg(long)]
     pub(crate) json: bool,
-}
-
-/// Records the headers each request carries when it reaches the leaf
-/// service, i.e. what the layer injected.
-#[derive(Clone)]
-struct Capture<S> {
-    inner: S,
-    seen: Arc<Mutex<Option<HeaderMap>>>,
-}
-
-impl<S: Service<Publish>> Service<Publish> for Capture<S> {
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = S::Future;
-
-    fn poll_ready(&mut self, cx: &mut TaskContext<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: Publish) -> Self::Future {
-        *self.seen.lock().expect("capture lock") = request.header_map().cloned();
-        self.inner.call(request)
-    }
-}
-
-/// What a leaf service's response says about where the probe went.
-trait Outcome {
-    fn describe(&self, subject: &str) -> (String, Option<u64>);
-}
-
-impl Outcome for () {
-    fn describe(&self, subject: &str) -> (String, Option<u64>) {
-        (format!("core publish to {subject}"), None)
-    }
-}
-
-impl Outcome for async_nats::jetstream::publish::PublishAck {
-    fn describe(&self, subject: &str) -> (String, Option<u64>) {
-        (
-            format!(
-                "JetStream publish to {subject}: stored in stream {} as sequence {}",
-                self.stream, self.sequence
-            ),
-            Some(self.sequence),
-        )
-    }
-}
-
-/// Publishes `request` through the layer (and the KV fallback when given)
-/// over `leaf`; returns the injected headers and the outcome.
-async fn publish_through<S>(
-    leaf: S,
-    fallback: Option<KvFallback>,
-    request: Publish,
-) -> (Option<HeaderMap>, Result<(String, Option<u64>), String>)
-where
-    S: Service<Publish> + Clone + Send + 'static,
-    S::Future: Send,
-    S::Error: std::fmt::Display,
-    S::Response: Outcome,
-{
-    let subject = request.subject().to_string();
-    let seen = Arc::new(Mutex::new(None));
-    let capture = Capture {
-        inner: leaf,
-        seen: seen.clone(),
-    };
-    let result = match fallback {
-        Some(fallback) => {
-            let mut service = TracePropagationLayer::new()
-                .fallback(fallback)
-                .layer(capture);
-            call(&mut service, request).await
-        }
-        None => {
-            let mut service = TracePropagationLayer::new().layer(capture);
-            call(&mut service, request).await
-        }
-    };
-    let headers = seen.lock().expect("capture lock").take();
-    (headers, result.map(|r| r.describe(&subject)))
-}
-
-async fn call<S>(service: &mut S, request: Publish) -> Result<S::Response, String>
-where
-    S: Service<Publish>,
-    S::Error: std::fmt::Display,
-{
-    poll_fn(|cx| service.poll_ready(cx))
-        .await
-        .map_err(|e| e.to_string())?;
-    service.call(request).await.map_err(|e| e.to_string())
 }
 
 /// Waits for the probe on `messages`, skipping other traffic; returns what
@@ -275,6 +207,32 @@ pub(crate) async fn run(args: DoctorArgs) -> Result<u8, Failure> {
     if !info.headers {
         return Ok(report.finish(args.json));
     }
+    // The consumer's connection, and message tracing.
+    let listen_url = args.listen_server.clone().unwrap_or_else(|| url.clone());
+    let listen_client = match &args.listen_server {
+        Some(server) => {
+            let server = ServerArgs {
+                server: Some(server.clone()),
+            };
+            let listen_client = server.connect().await?;
+            let info = listen_client.server_info();
+            report.server["listen"] =
+                json!({ "url": listen_url, "name": info.server_name, "version": info.version });
+            listen_client
+        }
+        None => client.clone(),
+    };
+    let mut servers = vec![(url.as_str(), &client)];
+    if args.listen_server.is_some() {
+        servers.push((listen_url.as_str(), &listen_client));
+    }
+    let mut tracer = None;
+    if args.hops {
+        match hops::start(&servers).await? {
+            Ok(t) => tracer = Some(t),
+            Err(skipped) => report.push(skipped),
+        }
+    }
     // Subjects and the stream.
     let jetstream = jetstream::new(client.clone());
     let mut stream = match &args.stream {
@@ -331,7 +289,7 @@ pub(crate) async fn run(args: DoctorArgs) -> Result<u8, Failure> {
     };
 
     // 2. Consumers first, so they see the probe.
-    let subscriber = client
+    let subscriber = listen_client
         .subscribe(listen.clone())
         .await
         .map_err(|e| Failure(format!("subscribe to {listen}: {e}")))?;
@@ -368,12 +326,22 @@ pub(crate) async fn run(args: DoctorArgs) -> Result<u8, Failure> {
         None => None,
     };
     crate::round_trip(&client).await;
+    if args.listen_server.is_some() {
+        crate::round_trip(&listen_client).await;
+        let known = link::wait_interest(&client, &listen_client, args.timeout).await;
+        report.server["listen"]["interest_propagated"] = json!(known);
+    }
 
     // 3. Inject and publish.
-    let request = Publish::new(subject.clone(), probe.payload())
+    let mut request = Publish::new(subject.clone(), probe.payload())
         .header(PROBE_HEADER, &probe.id())
         .expect("valid probe header")
         .context(probe.context());
+    if let Some(tracer) = &tracer {
+        request = request
+            .header(TRACE_DEST_HEADER, &tracer.dest)
+            .expect("an inbox is a valid header value");
+    }
     let started = Instant::now();
     let (injected, published) = if via_jetstream {
         publish_through(
@@ -415,7 +383,33 @@ pub(crate) async fn run(args: DoctorArgs) -> Result<u8, Failure> {
         timeout: args.timeout,
         stream: None,
     };
-    report.extend(evaluate_path("core", &ctx, arrival.as_ref(), others));
+    let core_steps = evaluate_path("core", &ctx, arrival.as_ref(), others);
+    if let Some(tracer) = tracer.take() {
+        let received = arrival
+            .as_ref()
+            .map(|a| HeaderAnalysis::of(a.headers.as_ref()).pairs);
+        let from_fallback = arrival
+            .as_ref()
+            .and_then(|a| a.record.as_ref())
+            .is_some_and(|r| r.source() != ContextSource::Headers);
+        let (publisher, consumer) = (
+            hops::Endpoint::of(&client),
+            hops::Endpoint::of(&listen_client),
+        );
+        let traced = tracer.finish(hops::Outcome {
+            publisher: &publisher,
+            consumer: &consumer,
+            listen: &listen,
+            sent: &injected_analysis.pairs,
+            received: received.as_deref(),
+            recovered: from_fallback && core_steps.last().is_some_and(|s| s.status == Status::Ok),
+            window: args.hops_window,
+        });
+        let traced = traced.await;
+        report.push(traced.step);
+        report.hops = traced.lines;
+    }
+    report.extend(core_steps);
 
     if let Some(mut messages) = js_messages.take() {
         let deadline = tokio::time::Instant::now() + args.timeout;

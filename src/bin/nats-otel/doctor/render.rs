@@ -15,6 +15,8 @@ pub(super) struct Report {
     /// `stream`.
     pub(super) probe: Value,
     steps: Vec<Step>,
+    /// With `--hops`: the probe's path, hop by hop, printed after the steps.
+    pub(super) hops: Vec<String>,
 }
 
 impl Report {
@@ -26,6 +28,7 @@ impl Report {
                 "span_id": probe.span_id.to_string(),
             }),
             steps: Vec::new(),
+            hops: Vec::new(),
         }
     }
 
@@ -76,6 +79,9 @@ impl Report {
         let s = |v: &Value, k: &str| v[k].as_str().unwrap_or("-").to_owned();
         let _ = writeln!(out, "nats-otel doctor");
         let _ = writeln!(out, "  server  {}", s(&self.server, "url"));
+        if self.server.get("listen").is_some() {
+            let _ = writeln!(out, "  listen  {}", s(&self.server["listen"], "url"));
+        }
         let _ = write!(out, "  probe   trace {}", s(&self.probe, "trace_id"));
         if self.probe.get("subject").is_some() {
             let _ = write!(
@@ -100,6 +106,12 @@ impl Report {
             );
         }
         let _ = writeln!(out);
+        if !self.hops.is_empty() {
+            for line in &self.hops {
+                let _ = writeln!(out, "{line}");
+            }
+            let _ = writeln!(out);
+        }
         match verdict.broken {
             Some(step) => {
                 let _ = writeln!(out, "verdict: BROKEN at {}", step.label());
