@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! cargo xtask install-server            # once: the pinned nats-server under target/
-//! cargo bench --features kv --bench throughput
+//! cargo bench --features kv,hops --bench throughput
 //! ```
 //!
 //! The benchmark starts its own nats-server (see the `nats-server-harness` crate in `harness/`
@@ -23,7 +23,7 @@
 //! | `NATS_OTEL_BENCH_STORAGE` | `file` | storage of the benchmark's streams and KV bucket, `file` (JetStream's default) or `memory` |
 //! | `NATS_OTEL_BENCH_WORKERS` | 0 | worker threads of the client's runtime; 0 runs everything, the client's connection task included, on one thread (every nanosecond the layer adds shows); with workers, the connection task runs beside the publishing loop |
 //! | `NATS_OTEL_BENCH_STRIPPED_PROBE` | (off) | `1`: after the `stripped` rows, print where a stripped consume's time goes: raw `kv.get` rates by lookups in flight, batched direct gets (`multi_last`), the adapter by `kv_lookahead` (single runs, not paired) |
-//! | `NATS_OTEL_BENCH_ONLY` | (all) | comma-separated subset: `core`, `core_sampled`, `core_tracer`, `core_tracer_sampled`, `core_nospans`, `core_names`, `js`, `js_tracer`, `consume`, `consume_tracer`, `kv`, `stripped` (consume with the KV fallback, headers stripped vs intact: `messages()`, `fetch()`, `messages()` with `kv_lookahead(1)`), `rss` |
+//! | `NATS_OTEL_BENCH_ONLY` | (all) | comma-separated subset: `core`, `core_sampled`, `core_tracer`, `core_tracer_sampled`, `core_nospans`, `core_names`, `js`, `js_tracer`, `consume`, `consume_tracer`, `kv`, `stripped` (consume with the KV fallback, headers stripped vs intact: `messages()`, `fetch()`, `messages()` with `kv_lookahead(1)`), `hops` (core publish with sampled spans, `server_hops(bridge.publish_settings(), ratio)` with a running `ServerHops` bridge on its own connection vs no server hops, at ratio 1.0 and 0.1, then the bridge's stats; `NATS_OTEL_BENCH_MESSAGES` per run), `rss` |
 //!
 //! Under `cargo test --benches` (no `--bench` argument) it does nothing.
 
@@ -32,12 +32,14 @@ mod sdk;
 
 mod consume;
 mod harness;
+mod hops;
 mod kv;
 mod publish;
 mod stripped;
 
 use consume::*;
 use harness::*;
+use hops::*;
 use kv::*;
 use publish::*;
 use stripped::*;
@@ -134,7 +136,7 @@ fn print_table(rows: &[Row], s: &Settings) {
 fn main() -> Result<()> {
     if !std::env::args().any(|a| a == "--bench") {
         println!(
-            "throughput: skipped (run it with `cargo bench --features kv --bench throughput`)"
+            "throughput: skipped (run it with `cargo bench --features kv,hops --bench throughput`)"
         );
         return Ok(());
     }
@@ -271,6 +273,36 @@ fn main() -> Result<()> {
         );
         rows.push(with_dispatch(&unsampled, &rt, row)?);
     }
+    let mut hops_lines = Vec::new();
+    if run("hops") {
+        let hops_rows = [
+            (
+                1.0,
+                "core publish, spans sampled: server hops on (ratio 1.0, `ServerHops` bridge running) vs off (the raw column)",
+            ),
+            (
+                0.1,
+                "core publish, spans sampled: server hops on (ratio 0.1, `ServerHops` bridge running) vs off (the raw column)",
+            ),
+        ];
+        for (ratio, name) in hops_rows {
+            let (row, lines) = with_dispatch(
+                &sampled,
+                &rt,
+                core_hops(
+                    &publisher,
+                    &barrier,
+                    &server,
+                    &s,
+                    &payload,
+                    ratio,
+                    (name, "(cost of server hops)"),
+                ),
+            )?;
+            rows.extend(row);
+            hops_lines.extend(lines);
+        }
+    }
     let js_rows = [
         ("js", None, "JetStream publish, acks pipelined (unsampled)"),
         (
@@ -351,6 +383,9 @@ fn main() -> Result<()> {
         );
     }
     for line in &stripped_lines {
+        println!("{line}");
+    }
+    for line in &hops_lines {
         println!("{line}");
     }
     if let Some((before, after, took)) = rss {
