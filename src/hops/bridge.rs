@@ -33,8 +33,12 @@ pub enum HopsError {
     NoRuntime,
     /// Subscribing to the destination failed.
     Subscribe(async_nats::SubscribeError),
-    /// The subscription could not be confirmed with the server.
-    Flush(async_nats::client::FlushError),
+    /// The server did not confirm the subscription: a message sent to the
+    /// client itself after subscribing did not come back in time.
+    NotConfirmed {
+        /// What failed.
+        reason: String,
+    },
 }
 
 impl fmt::Display for HopsError {
@@ -47,7 +51,9 @@ impl fmt::Display for HopsError {
             ),
             Self::NoRuntime => f.write_str("ServerHops::spawn must run inside a Tokio runtime"),
             Self::Subscribe(e) => write!(f, "subscribing to the trace destination failed: {e}"),
-            Self::Flush(e) => write!(f, "confirming the trace subscription failed: {e}"),
+            Self::NotConfirmed { reason } => {
+                write!(f, "confirming the trace subscription failed: {reason}")
+            }
         }
     }
 }
@@ -56,7 +62,6 @@ impl std::error::Error for HopsError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             Self::Subscribe(e) => Some(e),
-            Self::Flush(e) => Some(e),
             _ => None,
         }
     }
@@ -248,7 +253,7 @@ impl ServerHops {
     ///
     /// [`HopsError::InvalidDestination`] for a destination that is not a
     /// literal subject, [`HopsError::NoRuntime`] outside a Tokio runtime,
-    /// [`HopsError::Subscribe`] / [`HopsError::Flush`] when the subscription
+    /// [`HopsError::Subscribe`] / [`HopsError::NotConfirmed`] when the subscription
     /// fails.
     pub async fn spawn<T>(
         client: async_nats::Client,
@@ -282,7 +287,7 @@ impl ServerHops {
             .subscribe(dest.clone())
             .await
             .map_err(HopsError::Subscribe)?;
-        client.flush().await.map_err(HopsError::Flush)?;
+        confirm(&client).await?;
         let settings = HopsSettings::new(dest, dest_value, None);
         let counters = Arc::<Counters>::default();
         let bridge = Bridge {
@@ -337,6 +342,31 @@ impl Drop for ServerHops {
         if let Some(task) = self.task.take() {
             task.abort();
         }
+    }
+}
+
+/// How long [`confirm`] waits for its echo.
+const CONFIRM_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Waits until the server has processed the client's subscriptions so far:
+/// `flush` only writes them to the socket, so events published right after
+/// it could still reach no one. A message the client sends itself comes
+/// back only after the server has handled everything sent before it.
+async fn confirm(client: &async_nats::Client) -> Result<(), HopsError> {
+    let failed = |reason: String| HopsError::NotConfirmed { reason };
+    let inbox = client.new_inbox();
+    let mut echo = client
+        .subscribe(inbox.clone())
+        .await
+        .map_err(|e| failed(e.to_string()))?;
+    client
+        .publish(inbox, bytes::Bytes::new())
+        .await
+        .map_err(|e| failed(e.to_string()))?;
+    match tokio::time::timeout(CONFIRM_TIMEOUT, echo.next()).await {
+        Ok(Some(_)) => Ok(()),
+        Ok(None) => Err(failed("the connection closed".into())),
+        Err(_) => Err(failed(format!("no echo within {CONFIRM_TIMEOUT:?}"))),
     }
 }
 
