@@ -168,6 +168,24 @@ fn extract(c: &mut Criterion) {
     headers.insert("tracestate", "congo=t61rcWkgMzE,rojo=00f067aa0ba902b7");
     headers.insert("baggage", "user=%C3%A9-42,tenant=acme");
     let baggage = BaggagePropagator::new();
+    // The same context on both sides: span context (trace state included)
+    // and every baggage entry with its metadata.
+    let (ours, _) = HeaderExtractor::new(&headers).extract_context();
+    let carrier = PlainExtractor(Some(&headers));
+    let theirs = baggage.extract_with_context(&sdk.extract(&carrier), &carrier);
+    assert_eq!(ours.span().span_context(), theirs.span().span_context());
+    assert_eq!(ours.span().span_context().trace_state().header().len(), 39);
+    let entries = |cx: &Context| {
+        let mut entries: Vec<_> = cx
+            .baggage()
+            .iter()
+            .map(|(k, (v, m))| (k.to_string(), v.to_string(), m.as_str().to_owned()))
+            .collect();
+        entries.sort();
+        entries
+    };
+    assert_eq!(entries(&ours), entries(&theirs));
+    assert_eq!(entries(&ours).len(), 2);
     let mut g = c.benchmark_group("extract_full");
     g.bench_function("nats_otel", |b| {
         b.iter(|| HeaderExtractor::new(black_box(&headers)).extract_context())

@@ -28,10 +28,18 @@ pub(crate) fn extract_headers(
             ExtractionRecord::none(NoContextReason::NoHeaders),
         );
     };
-    propagator.resolve(|resolved| match resolved {
-        Resolved::W3c => extract_w3c(headers),
-        Resolved::Generic(p) => extract_generic(p, headers),
-    })
+    // Only the choice is made while the global propagator is borrowed; the
+    // W3C decoding runs after, and returns straight to the caller.
+    let mut generic = None;
+    propagator.resolve(|resolved| {
+        if let Resolved::Generic(p) = resolved {
+            generic = Some(extract_generic(p, headers));
+        }
+    });
+    match generic {
+        Some(extracted) => extracted,
+        None => extract_w3c(headers),
+    }
 }
 
 /// How many conflicting `traceparent` values a reason quotes at most.
@@ -58,14 +66,11 @@ pub(crate) fn extract_w3c(headers: &HeaderMap) -> (Context, ExtractionRecord) {
     }
     let decoded = decode_w3c(found.traceparent, found.tracestate, found.baggage);
     let mut record = match decoded.outcome {
-        Ok(name) => {
-            let record = ExtractionRecord::found(ContextSource::Headers)
-                .with_remote(decoded.context.span().span_context());
-            match name {
-                Some(name) if name != TRACEPARENT => record.with_header_name(name),
-                _ => record,
-            }
-        }
+        Ok(Some(name)) if name != TRACEPARENT => ExtractionRecord::found(ContextSource::Headers)
+            .with_remote(decoded.context.span().span_context())
+            .with_header_name(name),
+        Ok(_) => ExtractionRecord::found(ContextSource::Headers)
+            .with_remote(decoded.context.span().span_context()),
         Err(None) => ExtractionRecord::none(NoContextReason::MissingTraceparent {
             present: header_names(headers),
         }),

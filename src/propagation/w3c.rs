@@ -24,10 +24,14 @@
 use std::fmt;
 
 use opentelemetry::baggage::BaggageExt;
-use opentelemetry::propagation::{Extractor, TextMapPropagator};
 use opentelemetry::trace::{SpanId, TraceFlags, TraceId, TraceState};
 use opentelemetry::Context;
-use opentelemetry_sdk::propagation::BaggagePropagator;
+
+mod baggage;
+
+pub(crate) use baggage::extract_baggage;
+#[cfg(test)]
+use baggage::trim_unicode;
 
 /// The W3C header that carries the trace id, the parent span id and flags.
 pub const TRACEPARENT: &str = "traceparent";
@@ -365,19 +369,6 @@ pub(crate) fn tracestate_value(trace_state: &TraceState) -> Option<(String, usiz
     Some((out, total - kept))
 }
 
-/// Offers one value under any key.
-struct One<'a>(&'a str);
-
-impl Extractor for One<'_> {
-    fn get(&self, _key: &str) -> Option<&str> {
-        Some(self.0)
-    }
-
-    fn keys(&self) -> Vec<&str> {
-        vec![BAGGAGE]
-    }
-}
-
 /// Whether a byte of a baggage key (`in_value == false`) or value must be
 /// percent-encoded.
 ///
@@ -478,21 +469,123 @@ impl ListIssue {
     }
 }
 
-/// The non-empty list-members of a `tracestate` value, OWS trimmed.
-fn tracestate_members(value: &str) -> impl Iterator<Item = &str> {
-    value
-        .split(',')
-        .map(|m| m.trim_matches([' ', '\t']))
-        .filter(|m| !m.is_empty())
+/// Optional whitespace around W3C list-members: space and tab.
+#[inline]
+fn is_ows(b: u8) -> bool {
+    b == b' ' || b == b'\t'
 }
+
+const ONES: u64 = 0x0101_0101_0101_0101;
+const HIGH: u64 = 0x8080_8080_8080_8080;
+
+/// The position of the first `needle` in `bytes`: eight bytes at a time
+/// (SWAR), the last word overlapping the one before; a byte loop for fewer
+/// than eight bytes. List-members are short: this beats setting up a
+/// `memchr` for every delimiter.
+#[inline]
+fn find_byte(bytes: &[u8], needle: u8) -> Option<usize> {
+    let len = bytes.len();
+    if len < 8 {
+        return bytes.iter().position(|&b| b == needle);
+    }
+    let pattern = ONES * u64::from(needle);
+    let mut at = 0;
+    loop {
+        let word = bytes
+            .get(at..at + 8)
+            .map_or(0, |w| u64::from_le_bytes(w.try_into().unwrap_or_default()));
+        let x = word ^ pattern;
+        // "Has a zero byte": the lowest flagged byte is always a real zero
+        // (false positives only ever sit above a real one).
+        let found = x.wrapping_sub(ONES) & !x & HIGH;
+        if found != 0 {
+            return Some(at + (found.trailing_zeros() / 8) as usize);
+        }
+        if at + 8 >= len {
+            return None;
+        }
+        // The bytes a last, overlapping word reads again hold no match.
+        at = (at + 8).min(len - 8);
+    }
+}
+
+/// Whether `bytes` has a `needle`.
+#[inline]
+fn has_byte(bytes: &[u8], needle: u8) -> bool {
+    find_byte(bytes, needle).is_some()
+}
+
+/// One non-empty, OWS-trimmed list-member of a `tracestate` value, split as
+/// the SDK's `TraceState::from_str` splits it: the key up to the first `=`,
+/// the value after it with any further leading `=`s stripped. `None` for a
+/// member without `=`.
+type TracestatePair<'a> = Option<(&'a str, &'a str)>;
+
+/// The list-members of a `tracestate` value, in order: what
+/// `value.split(',')`, trimmed of OWS, without the empty ones, gives, each
+/// split at its first `=`.
+struct TracestateMembers<'a> {
+    value: &'a str,
+    /// Where the next member starts; past the end when there is none.
+    at: usize,
+}
+
+impl<'a> Iterator for TracestateMembers<'a> {
+    type Item = TracestatePair<'a>;
+
+    #[inline]
+    fn next(&mut self) -> Option<TracestatePair<'a>> {
+        let bytes = self.value.as_bytes();
+        loop {
+            let rest = bytes.get(self.at..)?;
+            let mut start = self.at;
+            let mut end = start + find_byte(rest, b',').unwrap_or(rest.len());
+            self.at = end + 1;
+            while start < end && is_ows(bytes[start]) {
+                start += 1;
+            }
+            while end > start && is_ows(bytes[end - 1]) {
+                end -= 1;
+            }
+            if start == end {
+                continue;
+            }
+            // `,`, `=`, space and tab are ASCII: every bound is on a
+            // character boundary.
+            let member = bytes.get(start..end).unwrap_or_default();
+            return Some(find_byte(member, b'=').and_then(|eq| {
+                let key = self.value.get(start..start + eq)?;
+                let mut from = start + eq + 1;
+                while from < end && bytes[from] == b'=' {
+                    from += 1;
+                }
+                Some((key, self.value.get(from..end)?))
+            }));
+        }
+    }
+}
+
+fn tracestate_members(value: &str) -> TracestateMembers<'_> {
+    TracestateMembers { value, at: 0 }
+}
+
+/// How many `tracestate` members are split on the stack in the first scan;
+/// a longer list is split again in a second scan.
+const TRACESTATE_INLINE: usize = 8;
 
 /// Parses an incoming `tracestate` within the W3C limits.
 ///
-/// Members are read the way the SDK's `TraceState::from_str` reads them and
-/// validated by `TraceState::from_key_value`, so a valid value of at most 32
-/// members and 512 characters gives exactly the SDK's result. An invalid
-/// value gives the empty trace state and an issue; the trace itself is
-/// never failed by its `tracestate`.
+/// Members are read the way the SDK's `TraceState::from_str` reads them
+/// (OWS trimmed, empty members skipped, key up to the first `=`, leading
+/// `=`s stripped from the value) and validated by
+/// `TraceState::from_key_value`, so a valid value of at most 32 members and
+/// 512 characters gives exactly the SDK's result. An invalid value gives
+/// the empty trace state and an issue; the trace itself is never failed by
+/// its `tracestate`.
+///
+/// One scan over the value for up to 8 members (split into borrowed pairs
+/// on the stack), two for more; the only allocations are the ones
+/// `TraceState` itself needs (a string per key and value, and its list).
 pub(crate) fn parse_tracestate(value: &str) -> (TraceState, Option<ListIssue>) {
     if value.len() > TRACESTATE_CEILING {
         return (
@@ -503,12 +596,18 @@ pub(crate) fn parse_tracestate(value: &str) -> (TraceState, Option<ListIssue>) {
             }),
         );
     }
+    let mut inline = [("", ""); TRACESTATE_INLINE];
     let mut members = 0usize;
-    for member in tracestate_members(value) {
-        members += 1;
-        if !member.contains('=') {
+    // Every member is checked for its `=` (an invalid list is reported as
+    // such, however long); past the 32nd they are only counted.
+    for pair in tracestate_members(value) {
+        let Some(pair) = pair else {
             return (TraceState::NONE, Some(ListIssue::Invalid));
+        };
+        if let Some(slot) = inline.get_mut(members) {
+            *slot = pair;
         }
+        members += 1;
     }
     if members > MAX_TRACESTATE_MEMBERS {
         return (
@@ -519,11 +618,12 @@ pub(crate) fn parse_tracestate(value: &str) -> (TraceState, Option<ListIssue>) {
             }),
         );
     }
-    let pairs = tracestate_members(value).map(|member| {
-        let (key, value) = member.split_at(member.find('=').unwrap_or(member.len()));
-        (key, value.trim_start_matches('='))
-    });
-    let Ok(trace_state) = TraceState::from_key_value(pairs) else {
+    let parsed = match inline.get(..members) {
+        Some(pairs) => TraceState::from_key_value(pairs.iter().copied()),
+        // Every member has its `=` (checked above): nothing is left out.
+        None => TraceState::from_key_value(tracestate_members(value).flatten()),
+    };
+    let Ok(trace_state) = parsed else {
         return (TraceState::NONE, Some(ListIssue::Invalid));
     };
     if value.len() <= TRACESTATE_KEEP_LEN {
@@ -576,25 +676,6 @@ fn truncate_tracestate(trace_state: TraceState) -> (TraceState, Option<ListIssue
             dropped,
             limit: TRACESTATE_KEEP_LEN,
         }),
-    )
-}
-
-/// Adds the baggage of an incoming `baggage` value to `cx`, parsed by the
-/// SDK's `BaggagePropagator`. A value over 8192 bytes is discarded (the
-/// SDK does the same); the SDK keeps at most 64 members.
-pub(crate) fn extract_baggage(cx: Context, value: &str) -> (Context, Option<ListIssue>) {
-    if value.len() > MAX_BAGGAGE_LEN {
-        return (
-            cx,
-            Some(ListIssue::TooLong {
-                len: value.len(),
-                limit: MAX_BAGGAGE_LEN,
-            }),
-        );
-    }
-    (
-        BaggagePropagator::new().extract_with_context(&cx, &One(value)),
-        None,
     )
 }
 
@@ -695,9 +776,9 @@ mod parity_tests {
 
     use async_nats::HeaderMap;
     use opentelemetry::baggage::{Baggage, BaggageExt};
-    use opentelemetry::propagation::{TextMapCompositePropagator, TextMapPropagator};
+    use opentelemetry::propagation::{Extractor, TextMapCompositePropagator, TextMapPropagator};
     use opentelemetry::trace::{SpanContext, TraceContextExt};
-    use opentelemetry_sdk::propagation::TraceContextPropagator;
+    use opentelemetry_sdk::propagation::{BaggagePropagator, TraceContextPropagator};
     use proptest::prelude::*;
 
     use super::super::extract::extract_w3c;
@@ -1288,6 +1369,330 @@ mod limit_tests {
                     Some(&headers),
                 );
             }
+        }
+    }
+}
+
+/// The single-pass `tracestate` and `baggage` decoders against the code
+/// they replaced (the `tracestate` splitter this crate had, and the SDK's
+/// `BaggagePropagator`), on tricky inputs and random ones.
+#[cfg(test)]
+mod fast_path_tests {
+    use opentelemetry::propagation::{Extractor, TextMapPropagator};
+    use opentelemetry_sdk::propagation::BaggagePropagator;
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// The `tracestate` parser as it was: `split`, `trim_matches`, `find`,
+    /// then `TraceState::from_key_value`.
+    fn parse_tracestate_reference(value: &str) -> (TraceState, Option<ListIssue>) {
+        fn members(value: &str) -> impl Iterator<Item = &str> {
+            value
+                .split(',')
+                .map(|m| m.trim_matches([' ', '\t']))
+                .filter(|m| !m.is_empty())
+        }
+        if value.len() > TRACESTATE_CEILING {
+            return (
+                TraceState::NONE,
+                Some(ListIssue::TooLong {
+                    len: value.len(),
+                    limit: TRACESTATE_CEILING,
+                }),
+            );
+        }
+        let mut count = 0usize;
+        for member in members(value) {
+            count += 1;
+            if !member.contains('=') {
+                return (TraceState::NONE, Some(ListIssue::Invalid));
+            }
+        }
+        if count > MAX_TRACESTATE_MEMBERS {
+            return (
+                TraceState::NONE,
+                Some(ListIssue::TooManyMembers {
+                    members: count,
+                    limit: MAX_TRACESTATE_MEMBERS,
+                }),
+            );
+        }
+        let pairs = members(value).map(|member| {
+            let (key, value) = member.split_at(member.find('=').unwrap_or(member.len()));
+            (key, value.trim_start_matches('='))
+        });
+        let Ok(trace_state) = TraceState::from_key_value(pairs) else {
+            return (TraceState::NONE, Some(ListIssue::Invalid));
+        };
+        if value.len() <= TRACESTATE_KEEP_LEN {
+            return (trace_state, None);
+        }
+        truncate_tracestate(trace_state)
+    }
+
+    /// Offers one value under any key: the SDK's propagator reads it.
+    struct One<'a>(&'a str);
+
+    impl Extractor for One<'_> {
+        fn get(&self, _key: &str) -> Option<&str> {
+            Some(self.0)
+        }
+
+        fn keys(&self) -> Vec<&str> {
+            vec![BAGGAGE]
+        }
+    }
+
+    /// A context's baggage, sorted: key, value, metadata.
+    fn entries(cx: &Context) -> Vec<(String, String, String)> {
+        let mut entries: Vec<_> = cx
+            .baggage()
+            .iter()
+            .map(|(k, (v, m))| (k.to_string(), v.to_string(), m.as_str().to_owned()))
+            .collect();
+        entries.sort();
+        entries
+    }
+
+    fn check_tracestate(value: &str) {
+        let ours = parse_tracestate(value);
+        assert_eq!(ours, parse_tracestate_reference(value), "{value:?}");
+        // Within the limits, the SDK's own parser agrees (it looks at the
+        // first 32 segments only, empty ones included).
+        if ours.1.is_none() && value.split_terminator(',').count() <= MAX_TRACESTATE_MEMBERS {
+            let sdk: TraceState = value.parse().expect("the SDK accepts it too");
+            assert_eq!(ours.0, sdk, "{value:?}");
+        }
+    }
+
+    fn check_baggage(value: &str) {
+        let cx = Context::new();
+        let (ours, issue) = extract_baggage(cx.clone(), value);
+        let theirs = BaggagePropagator::new().extract_with_context(&cx, &One(value));
+        assert_eq!(entries(&ours), entries(&theirs), "{value:?}");
+        assert_eq!(ours.baggage().len(), theirs.baggage().len(), "{value:?}");
+        assert_eq!(issue.is_some(), value.len() > MAX_BAGGAGE_LEN, "{value:?}");
+    }
+
+    fn members(n: usize, sep: &str) -> String {
+        (0..n)
+            .map(|i| format!("k{i}=v{i}"))
+            .collect::<Vec<_>>()
+            .join(sep)
+    }
+
+    #[test]
+    fn tracestate_matches_the_splitter_it_replaced() {
+        let long_key = format!("{}=v", "k".repeat(256));
+        let too_long_key = format!("{}=v", "k".repeat(257));
+        let long_value = format!("k={}", "v".repeat(256));
+        let entries: Vec<String> = (0..20)
+            .map(|i| format!("k{i:02}={}", "v".repeat(26)))
+            .collect();
+        let over_512 = entries.join(",");
+        let with_long_entry = format!("a=1,long={},{over_512}", "l".repeat(140));
+        let fixed = [
+            "",
+            ",",
+            " , ,\t,",
+            "a=1",
+            " a=1 ",
+            "\ta=1\t",
+            "a=1,,b=2",
+            "a=1 ,\tb=2",
+            "a=1 , \t b=2 \t",
+            "a==1",
+            "a===",
+            "a=",
+            "a=1=2",
+            "a",
+            "a=1,b",
+            "=1",
+            "a=1,=",
+            "A=1",
+            "a@b=1",
+            "a@=1",
+            "1a=1",
+            "a=é",
+            "é=1",
+            "a=1,é",
+            "a= 1",
+            "a=1 2",
+            "congo=t61rcWkgMzE,rojo=00f067aa0ba902b7",
+            "a=1,a=2",
+            "0==",
+            "==",
+            "a=,=",
+            long_key.as_str(),
+            too_long_key.as_str(),
+            long_value.as_str(),
+            over_512.as_str(),
+            with_long_entry.as_str(),
+        ];
+        for value in fixed {
+            check_tracestate(value);
+        }
+        for sep in [",", ", ", " ,\t", ",,", ", ,"] {
+            for n in [1, 7, 8, 9, 31, 32, 33, 40] {
+                check_tracestate(&members(n, sep));
+                check_tracestate(&format!(" {} ", members(n, sep)));
+                check_tracestate(&format!("{},b", members(n, sep)));
+            }
+        }
+        assert_eq!(parse_tracestate(&members(32, ",")).0.into_iter().len(), 32);
+        let huge = format!("a={}", "x".repeat(TRACESTATE_CEILING));
+        check_tracestate(&huge);
+    }
+
+    #[test]
+    fn baggage_matches_the_sdk_propagator() {
+        let over_64: String = (0..70)
+            .map(|i| format!("k{i}=v{i}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let empty_then: String = format!("{}a=1", ",".repeat(64));
+        let long_value = format!("a={}", "%41".repeat(200));
+        let near_limit = format!("a={}", "x".repeat(MAX_BAGGAGE_LEN - 2));
+        let over_limit = format!("a={}", "x".repeat(MAX_BAGGAGE_LEN - 1));
+        let big_members: String = (0..3)
+            .map(|i| format!("k{i}={}", "v".repeat(3000)))
+            .collect::<Vec<_>>()
+            .join(",");
+        let fixed = [
+            "",
+            ",",
+            ",,a=1,",
+            "a=1",
+            "user=%C3%A9-42,tenant=acme",
+            "a=1,b=2;prop=1;flag",
+            "a=b;",
+            "a=b;;c",
+            "a=b; p = q ;r",
+            "a=b;p=%41;%FF;x%20",
+            "a=b;%C3%A9",
+            "a",
+            "=b",
+            "a=",
+            "a=b=c",
+            "a==c",
+            "a;b=c",
+            "a=b,a=c",
+            "a=1,A=2,a=3",
+            "  a  =  b  ",
+            "%20a%20=%20b%20",
+            "a=%C2%A0b%C2%A0",
+            "a=\u{a0}b\u{a0}",
+            "a=\u{3000}b\u{2029}",
+            "a=\u{85}",
+            "ключ=значение",
+            "k=é",
+            "k=%E2%80%AF",
+            "k=%FF",
+            "k=%C3",
+            "%FF=v",
+            "k=%",
+            "k=100%",
+            "k=%2",
+            "k=%zz",
+            "k=%%41",
+            "k=%4a%4A",
+            "k=%25",
+            "k=a%2Cb%3Bc%3Dd",
+            "a(b=1",
+            "a b=1",
+            "ä=1",
+            "a/b=1",
+            "\t=1",
+            "a=\tb\t",
+            "k=\u{1680}x\u{205f}",
+            "%\u{a0}=",
+            "0==",
+            "==",
+            "%==",
+            over_64.as_str(),
+            empty_then.as_str(),
+            long_value.as_str(),
+            near_limit.as_str(),
+            over_limit.as_str(),
+            big_members.as_str(),
+        ];
+        for value in fixed {
+            check_baggage(value);
+        }
+    }
+
+    #[test]
+    fn trim_unicode_is_str_trim() {
+        for c in (0..=0x10_ffff).filter_map(char::from_u32) {
+            for s in [
+                format!("{c}"),
+                format!("{c}x"),
+                format!("x{c}"),
+                format!("{c}x{c}"),
+                format!("{c}{c}é{c}"),
+            ] {
+                assert_eq!(trim_unicode(&s), s.trim(), "{:?}", c);
+            }
+        }
+    }
+
+    #[test]
+    fn find_byte_is_position() {
+        let mut bytes: Vec<u8> = (0..48u8).map(|i| i.wrapping_mul(37) | 0x80).collect();
+        for len in 0..bytes.len() {
+            for at in 0..len {
+                for needle in [b',', b'=', b'%', 0x81] {
+                    let saved = bytes[at];
+                    bytes[at] = needle;
+                    let slice = &bytes[..len];
+                    assert_eq!(
+                        find_byte(slice, needle),
+                        slice.iter().position(|&b| b == needle),
+                        "{len} {at} {needle}"
+                    );
+                    bytes[at] = saved;
+                }
+            }
+            assert_eq!(find_byte(&bytes[..len], b','), None);
+        }
+        // Zero bytes and bytes just above the needle never match.
+        assert_eq!(find_byte(b"\0\0\0\0\0\0\0\0-,", b','), Some(9));
+        assert_eq!(
+            find_byte(b"\x2d\x2d\x2d\x2d\x2d\x2d\x2d\x2d\x2c", b','),
+            Some(8)
+        );
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 3000, ..ProptestConfig::default() })]
+
+        #[test]
+        fn random_tracestate(value in "[a-c0-9=,@*/_ \tA-Bé-]{0,48}") {
+            check_tracestate(&value);
+        }
+
+        #[test]
+        fn random_baggage(value in "[a-c0-9=,;% \tA-FéЖ\u{a0}\u{2028}()]{0,48}") {
+            check_baggage(&value);
+        }
+
+        #[test]
+        fn random_percent_baggage(
+            parts in prop::collection::vec(
+                prop_oneof![
+                    Just("%".to_owned()),
+                    "%[0-9A-Fa-fxX]{0,2}",
+                    "[a-z]{1,3}",
+                    Just("=".to_owned()),
+                    Just(",".to_owned()),
+                    Just(";".to_owned()),
+                    Just(" ".to_owned()),
+                ],
+                0..16,
+            )
+        ) {
+            check_baggage(&parts.concat());
         }
     }
 }
