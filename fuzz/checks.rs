@@ -1,4 +1,4 @@
-//! What the fuzz targets check, shared with `tests/fuzz_regressions.rs`,
+//! What the fuzz targets check, shared with `tests/integration/fuzz_regressions.rs`,
 //! which replays the committed inputs (`fuzz/seeds/`, `fuzz/regressions/`)
 //! through the same functions in the normal test suite.
 //!

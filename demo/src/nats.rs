@@ -28,9 +28,11 @@ pub(crate) async fn connect(role: Role) -> Result<(Client, Option<NatsServer>), 
     let (url, server) = match std::env::var("NATS_URL").ok().filter(|url| !url.is_empty()) {
         Some(url) => (url, None),
         None => {
-            let server = tokio::task::spawn_blocking(|| NatsServer::builder().server_name("demo-nats").try_start())
-                .await?
-                .map_err(|e| format!("NATS_URL is unset and no private nats-server: {e}"))?;
+            let server = tokio::task::spawn_blocking(|| {
+                NatsServer::builder().server_name("demo-nats").try_start()
+            })
+            .await?
+            .map_err(|e| format!("NATS_URL is unset and no private nats-server: {e}"))?;
             let url = server.url();
             if role != Role::All {
                 eprintln!(

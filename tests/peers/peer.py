@@ -1,6 +1,6 @@
-"""A Python NATS peer for the interop tests (tests/interop_peers.rs,
-tests/interop_python.rs); the command line and output are those of every
-peer, described in tests/peers/README.md.
+"""A Python NATS peer for the interop tests (tests/integration/interop_peers.rs,
+tests/integration/interop_python.rs); the command line and output are those
+of every peer, described in tests/peers/README.md.
 
 Uses nats-py for NATS and opentelemetry-python's own W3C propagators
 (TraceContextTextMapPropagator + W3CBaggagePropagator) over a dict of the

@@ -5,3 +5,4 @@ pub mod peers;
 pub mod server;
 pub mod telemetry;
 pub mod versions;
+pub mod wait;

@@ -1,6 +1,5 @@
 //! Client-side setup shared by the integration tests: connecting, JetStream
 //! streams and consumers, traced subscriptions and publishing inside a span.
-#![allow(dead_code)]
 
 use std::fmt::Debug;
 use std::time::Duration;
@@ -160,6 +159,8 @@ where
 }
 
 /// Publishes each of `messages` through `publisher`, in order.
+// Only the `cli_*` tests publish batches this way.
+#[cfg_attr(not(feature = "cli"), allow(dead_code))]
 pub async fn publish_each<S>(publisher: &mut S, messages: impl IntoIterator<Item = Publish>)
 where
     S: Service<Publish>,
@@ -197,6 +198,8 @@ pub async fn next<S: Stream + Unpin>(stream: &mut S) -> S::Item {
 
 /// A NATS protocol peer that announces `"headers": false`, like servers
 /// before 2.2, and answers PING; enough for a client to connect and flush.
+// `cli_doctor` and `diagnose` (tests/global_propagator/) use it.
+#[cfg_attr(not(feature = "cli"), allow(dead_code))]
 pub async fn headerless_server() -> (String, tokio::task::JoinHandle<()>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();

@@ -5,7 +5,6 @@
 //! `cargo xtask test` installs them and names them through environment
 //! variables; without those the tests fail (never skip) saying how to get
 //! them.
-#![allow(dead_code)]
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -27,6 +26,8 @@ pub const PEER_GO_ENV: &str = "NATS_OTEL_PEER_GO";
 pub const PEER_JS_ENV: &str = "NATS_OTEL_PEER_NODE_MODULES";
 
 /// A peer's language.
+// Go and JavaScript peers only in `interop_peers` (JetStream).
+#[cfg_attr(not(feature = "jetstream"), allow(dead_code))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Lang {
     /// nats-py + opentelemetry-python (`tests/peers/peer.py`).

@@ -1,5 +1,4 @@
 //! A real `nats-server` for the tests: the `nats-server-harness` workspace crate (`harness/`),
 //! re-exported so tests keep writing `support::server::NatsServer`, `support::server::cluster`.
-#![allow(unused_imports)]
 
 pub use nats_server_harness::*;

@@ -1,6 +1,5 @@
 //! Spans through the OpenTelemetry SDK's in-memory exporter, for asserting
 //! trace ids and parent chains — never log text.
-#![allow(dead_code)]
 
 use opentelemetry::trace::{SpanId, SpanKind, TraceId, TracerProvider as _};
 use opentelemetry::Value;
@@ -71,6 +70,8 @@ impl Telemetry {
 
     /// A tracer of the provider the `tracing` layer exports through, for
     /// the layer's and adapter's `.tracer(...)`.
+    // Used by JetStream tests only.
+    #[cfg_attr(not(feature = "jetstream"), allow(dead_code))]
     pub fn tracer(&self) -> opentelemetry_sdk::trace::SdkTracer {
         self.provider.tracer("nats-otel")
     }
@@ -192,6 +193,8 @@ pub fn assert_root(span: &SpanData) {
 /// (PRODUCER) contexts of the messages sent to `subjects`, and that each
 /// message's `process` span keeps its own creation context as its parent.
 #[track_caller]
+// Used by JetStream tests only.
+#[cfg_attr(not(feature = "jetstream"), allow(dead_code))]
 pub fn assert_receive_links(telemetry: &Telemetry, receive: &SpanData, subjects: &[&str]) {
     assert_attribute(
         receive,
@@ -229,7 +232,15 @@ pub struct OtelWithoutLayer {
 impl OtelWithoutLayer {
     pub fn install() -> Self {
         let (exporter, provider) = in_memory_provider();
-        let subscriber = tracing_subscriber::registry().with(warnings_to_test_output());
+        // `LevelFilter::TRACE` enables every span, as an application's own
+        // subscriber would. Without it the only layer, filtered to WARN, makes
+        // this subscriber's level hint WARN, and `tracing`'s process-wide max
+        // level (over every live subscriber) disables the crate's INFO spans
+        // whenever no other test's subscriber is alive, e.g. when the test
+        // runs alone.
+        let subscriber = tracing_subscriber::registry()
+            .with(warnings_to_test_output())
+            .with(tracing_subscriber::filter::LevelFilter::TRACE);
         let guard = tracing::subscriber::set_default(subscriber);
         Self {
             exporter,
@@ -257,6 +268,7 @@ pub async fn handle(cx: opentelemetry::Context) {
 
     let handler = cx.handler_span(tracing::info_span!("handler")).unwrap();
     async {
+        // Simulated work, so the handler span has a duration.
         tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     }
     .instrument(handler)

@@ -1,5 +1,4 @@
 //! nats-server versions and what differs between them for propagation: the
 //! `nats-server-harness` crate's `versions` module, re-exported.
-#![allow(unused_imports)]
 
 pub use nats_server_harness::versions::*;

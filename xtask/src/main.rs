@@ -33,7 +33,12 @@ use nats_server_harness::{
 /// Environment variable the demo reads to use an already running server.
 const NATS_URL_ENV: &str = "NATS_URL";
 
+/// The test binary (`tests/integration/`) that holds every integration test except the
+/// ones setting process-wide state (`tests/global_propagator/`), one module per behaviour.
+const INTEGRATION_TESTS: &str = "integration";
+
 /// The propagation and interop tests: what `test` runs against [`MINOR_LINE_SERVERS`].
+/// Modules of [`INTEGRATION_TESTS`], selected with the test-name filter `<module>::`.
 const PROPAGATION_TESTS: &[&str] = &[
     "propagation_core",
     "propagation_jetstream",
@@ -44,13 +49,17 @@ const PROPAGATION_TESTS: &[&str] = &[
 ];
 
 /// Integration tests that need a newer server than [`OLDEST_SERVER`], skipped by name in the
-/// oldest-server run, with the reason. Each of them also asserts the server version itself,
-/// so running it against an older server fails with that reason instead of a confusing
-/// error.
-const NEEDS_NEWER_SERVER: &[(&str, &str)] = &[];
+/// oldest-server run, with the reason. A name is the test's path in its binary, module
+/// first (`server_versions::some_test`): `--skip` skips every test whose path contains it.
+/// Each of them also asserts the server version itself, so running it against an older
+/// server fails with that reason instead of a confusing error.
+const NEEDS_NEWER_SERVER: &[(&str, &str)] = &[(
+    "server_hops::",
+    "nats-server message tracing needs 2.11 or later (server_hops asserts the bridge runs)",
+)];
 
 /// Environment variable naming the Python interpreter of the peers' venv; the interop tests
-/// (tests/interop_*.rs) fail without it.
+/// (tests/integration/interop_*.rs) fail without it.
 const PEER_PYTHON_ENV: &str = "NATS_OTEL_PEER_PYTHON";
 
 /// Environment variable naming the Go peer's binary (tests/peers/go).
@@ -187,8 +196,9 @@ fn test(args: &[OsString]) -> Result<i32> {
         )
         .env(SERVER_BIN_ENV, &server)
         .peers(&peers),
-        // The server-version matrix: every integration test (tests/*.rs) again, against the
-        // oldest supported server. Unit and doc tests need no server and ran above.
+        // The server-version matrix: every integration test (every test binary: tests/*/main.rs)
+        // again, against the oldest supported server. Unit and doc tests need no server and
+        // ran above.
         Step::cargo(
             &format!("integration tests against nats-server {OLDEST_SERVER}"),
             ["test", "--workspace", "--all-features", "--test", "*"],
@@ -197,10 +207,16 @@ fn test(args: &[OsString]) -> Result<i32> {
         .env(SERVER_BIN_ENV, &oldest)
         .peers(&peers),
     ];
-    // Every minor line in between: the propagation and interop tests.
-    let propagation: Vec<OsString> = PROPAGATION_TESTS
-        .iter()
-        .flat_map(|test| ["--test".into(), OsString::from(test)])
+    // Every minor line in between: the propagation and interop tests, i.e. their modules of
+    // the integration binary, as test-name filters (libtest runs the tests matching any).
+    let propagation: Vec<OsString> = ["--test", INTEGRATION_TESTS, "--"]
+        .into_iter()
+        .map(OsString::from)
+        .chain(
+            PROPAGATION_TESTS
+                .iter()
+                .map(|module| format!("{module}::").into()),
+        )
         .collect();
     for version in MINOR_LINE_SERVERS {
         let binary = install_server(version)?;

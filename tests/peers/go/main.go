@@ -1,4 +1,5 @@
-// Command peer is the Go peer of the nats-otel interop tests (tests/interop_peers.rs).
+// Command peer is the Go peer of the nats-otel interop tests
+// (tests/integration/interop_peers.rs).
 //
 // It speaks the peer protocol of tests/peers/README.md and is written the way Go
 // services write it: nats.go (Debian's 1.22.1, legacy JetStream API) for NATS, and

@@ -1,5 +1,5 @@
 #!/usr/bin/env node
-// A JavaScript NATS peer for the interop tests (tests/interop_peers.rs).
+// A JavaScript NATS peer for the interop tests (tests/integration/interop_peers.rs).
 //
 // Uses nats.js (`nats`) for NATS and OpenTelemetry JS's own W3C propagators
 // (W3CTraceContextPropagator + W3CBaggagePropagator from @opentelemetry/core,

@@ -1,25 +1,23 @@
 //! Messaging semantic conventions on a real server: settlement spans, the
 //! batch receive span with links, redelivery, filters and header capture.
-#![cfg(feature = "jetstream")]
-
-mod support;
 
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer::pull, AckKind};
 use futures::StreamExt;
 use nats_otel::{
-    consume::ContextExtractor, consume::NoContextReason, consume::Redelivery, ContextSource,
+    consume::ContextExtractor, consume::NoContextReason, consume::Parenting, ContextSource,
     JetStreamPublisher, MessageContextExt, Publish, SettleExt, SubjectFilter,
     TraceContextStreamExt, TracePropagationLayer,
 };
 use opentelemetry::trace::SpanKind;
 use opentelemetry::Value;
-use support::nats::*;
-use support::server::NatsServer;
-use support::telemetry::*;
 use tower::{Layer, Service, ServiceExt};
 use tracing::Instrument;
+
+use crate::support::nats::*;
+use crate::support::server::NatsServer;
+use crate::support::telemetry::*;
 
 async fn setup(
     server: &NatsServer,
@@ -41,8 +39,12 @@ async fn setup(
 async fn publish_in_span(js: &jetstream::Context, span_name: &'static str, subject: &str) {
     let mut publisher = TracePropagationLayer::new().layer(JetStreamPublisher::new(js.clone()));
     let span = tracing::info_span!("api", otel.name = span_name);
-    support::nats::publish_in_span(&mut publisher, span, Publish::new(subject.to_owned(), "{}"))
-        .await;
+    crate::support::nats::publish_in_span(
+        &mut publisher,
+        span,
+        Publish::new(subject.to_owned(), "{}"),
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -116,14 +118,14 @@ async fn fetch_batch_receive_span_links_every_creation_context() {
     assert_receive_links(&telemetry, &receive, &["jobs.1", "jobs.2", "jobs.3"]);
 }
 
-async fn redeliver_once(redelivery: Option<Redelivery>) -> Telemetry {
+async fn redeliver_once(redelivery: Option<Parenting>) -> Telemetry {
     let telemetry = Telemetry::install();
     let server = NatsServer::start();
     let (js, consumer) = setup(&server, Duration::from_secs(30)).await;
     publish_in_span(&js, "api", "jobs.retry").await;
     let mut extractor = ContextExtractor::new();
     if let Some(r) = redelivery {
-        extractor = extractor.redelivery(r);
+        extractor = extractor.parenting(r);
     }
     let mut messages = nats_otel::ContextExtractingConsumer::with_extractor(
         consumer.messages().await.unwrap(),
@@ -149,6 +151,14 @@ async fn redelivery_same_trace_by_default() {
     assert_eq!(processes.len(), 2);
     for process in &processes {
         assert_child_of(process, &publish);
+        // Parent and link both, as the messaging conventions ask.
+        assert!(
+            process
+                .links
+                .iter()
+                .any(|l| l.span_context.span_id() == span_id(&publish)),
+            "the process span does not link the creation context"
+        );
     }
     let delivered: Vec<_> = processes
         .iter()
@@ -159,7 +169,7 @@ async fn redelivery_same_trace_by_default() {
 
 #[tokio::test]
 async fn redelivery_new_trace_with_link_when_configured() {
-    let telemetry = redeliver_once(Some(Redelivery::NewTraceWithLink)).await;
+    let telemetry = redeliver_once(Some(Parenting::NewTraceOnRedelivery)).await;
     let publish = telemetry.span("publish jobs.retry");
     let processes = telemetry.spans_named("process jobs.retry");
     assert_eq!(processes.len(), 2);
@@ -274,7 +284,7 @@ async fn recorded_tracing_spans_carry_every_messaging_attribute() {
     let server = NatsServer::start();
     let (js, consumer) = setup(&server, Duration::from_secs(30)).await;
     let mut publisher = TracePropagationLayer::new().layer(JetStreamPublisher::new(js.clone()));
-    support::nats::publish_in_span(
+    crate::support::nats::publish_in_span(
         &mut publisher,
         tracing::info_span!("api"),
         Publish::new("jobs.attrs", "12345678")

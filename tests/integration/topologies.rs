@@ -16,8 +16,6 @@
 //! makes sure the consumer side's subscriptions (or stream) are known on
 //! the producer side before anything is published.
 
-mod support;
-
 use std::collections::{BTreeMap, HashSet};
 use std::fmt::Debug;
 use std::time::{Duration, Instant};
@@ -26,11 +24,12 @@ use futures::{Stream, StreamExt};
 use nats_otel::{ContextSource, CorePublisher, MessageContextExt, Publish, TracePropagationLayer};
 use opentelemetry::trace::{SpanId, SpanKind, TraceContextExt, TraceId};
 use opentelemetry::Context;
-use support::nats::*;
-use support::server::{self, NatsServer};
-use support::telemetry::*;
 use tower::{Layer, Service};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+use crate::support::nats::*;
+use crate::support::server::{self, NatsServer};
+use crate::support::telemetry::*;
 
 /// Messages per direction.
 const N: usize = 20;

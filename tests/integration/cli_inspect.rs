@@ -1,9 +1,6 @@
 //! `nats-otel inspect`, run as a binary against a real server: one line per
 //! message for a valid W3C context, Go's `Traceparent` casing, and no
 //! context at all.
-#![cfg(feature = "cli")]
-
-mod support;
 
 use std::process::Stdio;
 use std::time::Duration;
@@ -15,10 +12,11 @@ use nats_otel::{CorePublisher, JetStreamPublisher, Publish, TracePropagationLaye
 use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState};
 use opentelemetry::Context;
 use serde_json::Value;
-use support::nats::*;
-use support::server::NatsServer;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 use tower::Layer;
+
+use crate::support::nats::*;
+use crate::support::server::NatsServer;
 
 const BIN: &str = env!("CARGO_BIN_EXE_nats-otel");
 

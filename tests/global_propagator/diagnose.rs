@@ -1,40 +1,39 @@
 //! `diagnose()` and `diagnose_client()`: each finding from a set-up that
 //! causes it, and none from a correct set-up.
 //!
-//! Subscribers are installed per thread (`with_default`); the global
-//! propagator is process-wide, so every test takes `GLOBAL` and sets it.
-
-mod support;
-
-use std::sync::{Mutex, MutexGuard};
+//! Subscribers are installed per thread (`with_default`, `set_default`);
+//! the global propagator is process-wide, so every test sets the one it
+//! needs and holds it (`crate::set_propagator`).
 
 use nats_otel::{diagnose, diagnose::diagnose_client, diagnose::Finding};
 use opentelemetry::propagation::TextMapCompositePropagator;
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::propagation::{BaggagePropagator, TraceContextPropagator};
 use opentelemetry_sdk::trace::{InMemorySpanExporter, Sampler, SdkTracerProvider};
-use support::nats::*;
-use support::server::NatsServer;
+use tokio::sync::MutexGuard;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::Layer as _;
 
-static GLOBAL: Mutex<()> = Mutex::new(());
+use crate::support::nats::*;
+use crate::support::server::NatsServer;
+use crate::{set_propagator, set_propagator_blocking};
+
+/// W3C Trace Context and Baggage: a correct global propagator.
+fn w3c() -> TextMapCompositePropagator {
+    TextMapCompositePropagator::new(vec![
+        Box::new(TraceContextPropagator::new()),
+        Box::new(BaggagePropagator::new()),
+    ])
+}
 
 /// Holds the process-wide propagator for the test; `w3c` sets a real one,
 /// otherwise the no-op.
 fn propagator(w3c: bool) -> MutexGuard<'static, ()> {
-    let guard = GLOBAL.lock().unwrap_or_else(|e| e.into_inner());
     if w3c {
-        opentelemetry::global::set_text_map_propagator(TextMapCompositePropagator::new(vec![
-            Box::new(TraceContextPropagator::new()),
-            Box::new(BaggagePropagator::new()),
-        ]));
+        set_propagator_blocking(self::w3c())
     } else {
-        opentelemetry::global::set_text_map_propagator(
-            opentelemetry::trace::noop::NoopTextMapPropagator::new(),
-        );
+        set_propagator_blocking(opentelemetry::trace::noop::NoopTextMapPropagator::new())
     }
-    guard
 }
 
 fn provider(sampler: Sampler) -> (SdkTracerProvider, InMemorySpanExporter) {
@@ -195,26 +194,21 @@ fn opentelemetry_layer_filter_drops_crate_spans() {
     assert_eq!(findings, vec![Finding::LayerFiltersSpans]);
 }
 
-/// The async tests cannot hold `GLOBAL` across awaits; they ignore the
-/// process-wide propagator finding, which the sync tests cover.
-fn without_propagator(mut findings: Vec<Finding>) -> Vec<Finding> {
-    findings.retain(|f| *f != Finding::NoopGlobalPropagator);
-    findings
-}
-
 #[tokio::test]
 async fn client_on_a_server_with_headers_adds_nothing() {
+    let _global = set_propagator(w3c()).await;
     let server = NatsServer::start();
     let client = connect(&server).await;
     let (provider, _exporter) = provider(Sampler::AlwaysOn);
     let subscriber = tracing_subscriber::registry()
         .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")));
     let _default = tracing::subscriber::set_default(subscriber);
-    assert_eq!(without_propagator(diagnose_client(&client).await), vec![]);
+    assert_eq!(diagnose_client(&client).await, vec![]);
 }
 
 #[tokio::test]
 async fn client_on_a_server_without_headers() {
+    let _global = set_propagator(w3c()).await;
     // nats-server 2.2+ with `no_header_support` refuses async-nats clients
     // outright; servers before 2.2 accept them but carry no headers. A
     // minimal protocol peer stands in for such a server.
@@ -224,7 +218,7 @@ async fn client_on_a_server_without_headers() {
     let subscriber = tracing_subscriber::registry()
         .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")));
     let _default = tracing::subscriber::set_default(subscriber);
-    let findings = without_propagator(diagnose_client(&client).await);
+    let findings = diagnose_client(&client).await;
     assert_eq!(
         findings,
         vec![Finding::ServerWithoutHeaders {

@@ -2,26 +2,24 @@
 //! the adapter) instead of as `tracing` spans: the same trees, parents,
 //! attributes and error handling, against a real server; spans checked
 //! through the in-memory exporter.
-#![cfg(feature = "jetstream")]
-
-mod support;
 
 use async_nats::HeaderMap;
 use futures::StreamExt;
 use nats_otel::publish::PublishMessage as _;
 use nats_otel::{
-    consume::ContextExtractor, consume::MessageMeta, consume::Redelivery, publish::Requester,
+    consume::ContextExtractor, consume::MessageMeta, consume::Parenting, publish::Requester,
     ContextExtractingConsumer, ContextSource, CorePublisher, JetStreamPublisher, MessageContextExt,
     Publish, TraceContextStreamExt, TracePropagationLayer,
 };
 use opentelemetry::global::BoxedTracer;
 use opentelemetry::trace::{SpanKind, Status, TraceContextExt};
 use opentelemetry_sdk::trace::Sampler;
-use support::nats::*;
-use support::server::NatsServer;
-use support::telemetry::*;
 use tower::{Layer, Service, ServiceExt};
 use tracing::Instrument;
+
+use crate::support::nats::*;
+use crate::support::server::NatsServer;
+use crate::support::telemetry::*;
 
 #[tokio::test]
 async fn core_chain_api_publish_process_handler_with_a_tracer() {
@@ -153,7 +151,7 @@ async fn jetstream_chain_and_redelivery_link_with_a_tracer() {
 
     let extractor = ContextExtractor::new()
         .tracer(telemetry.tracer())
-        .redelivery(Redelivery::NewTraceWithLink);
+        .parenting(Parenting::NewTraceOnRedelivery);
     let mut messages =
         ContextExtractingConsumer::with_extractor(consumer.messages().await.unwrap(), extractor);
     // First delivery: nak it so it comes again.
@@ -337,7 +335,7 @@ where
         .await
         .unwrap();
     client.flush().await.unwrap();
-    support::nats::publish(publisher, publish).await;
+    crate::support::nats::publish(publisher, publish).await;
     let message = next(&mut raw).await;
     message
         .headers
@@ -382,7 +380,7 @@ async fn caller_traceparent_is_kept_with_a_tracer() {
     let sent = {
         let mut raw = client.subscribe("jobs.own").await.unwrap();
         client.flush().await.unwrap();
-        support::nats::publish(&mut publisher, request).await;
+        crate::support::nats::publish(&mut publisher, request).await;
         let message = next(&mut raw).await;
         let headers = message.headers.expect("headers");
         assert!(headers.get("traceparent").is_none(), "nothing added");
@@ -418,7 +416,7 @@ async fn a_shut_down_tracer_still_propagates_the_callers_context() {
         .layer(CorePublisher::new(client.clone()));
     let mut raw = client.subscribe("jobs.gone").await.unwrap();
     client.flush().await.unwrap();
-    support::nats::publish(
+    crate::support::nats::publish(
         &mut publisher,
         Publish::new("jobs.gone", "x").context(parent_cx),
     )

@@ -17,9 +17,6 @@
 //!   sides of that limit.
 //!
 //! Every failing row is listed in the assertion message, with what differed.
-#![cfg(feature = "jetstream")]
-
-mod support;
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
@@ -35,9 +32,10 @@ use nats_otel::{
 use opentelemetry::baggage::BaggageExt;
 use opentelemetry::trace::{SpanId, TraceContextExt, TraceId};
 use opentelemetry::Context;
-use support::nats::*;
-use support::server::NatsServer;
-use support::telemetry::*;
+
+use crate::support::nats::*;
+use crate::support::server::NatsServer;
+use crate::support::telemetry::*;
 
 const TRACE: &str = "0af7651916cd43dd8448eb211c80319c";
 const SPAN: &str = "b7ad6b7169203331";

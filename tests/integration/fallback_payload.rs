@@ -2,19 +2,18 @@
 //! message has no headers; when it has, the headers win and the
 //! disagreement is noted. Needs no KV, so it runs without the `kv` feature.
 
-mod support;
-
 use nats_otel::{
     consume::MessageMeta, consume::NoContextReason, ContextSource, CorePublisher,
     MessageContextExt, Publish, TraceCarrier, TraceContextStreamExt, TracePropagationLayer,
 };
 use opentelemetry::trace::TraceContextExt;
 use serde::{Deserialize, Serialize};
-use support::nats::*;
-use support::server::NatsServer;
-use support::telemetry::*;
 use tower::Layer;
 use tracing::Instrument;
+
+use crate::support::nats::*;
+use crate::support::server::NatsServer;
+use crate::support::telemetry::*;
 
 /// The job document the worker already reads, with the carrier flattened
 /// into it.

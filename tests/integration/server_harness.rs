@@ -1,11 +1,10 @@
 //! Proves the nats-server test harness (the `nats-server-harness` crate in `harness/`) against a real server.
 
-mod support;
-
 use std::time::Duration;
 
 use futures::StreamExt;
-use support::server::{self, NatsServer};
+
+use crate::support::server::{self, NatsServer};
 
 const RECEIVE_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -107,11 +106,12 @@ async fn kill_and_restart_keep_the_port() {
 
 #[cfg(feature = "jetstream")]
 mod jetstream {
-    use std::time::{Duration, Instant};
+    use std::time::Duration;
 
     use async_nats::jetstream::{self, stream};
 
     use super::{connect, server, NatsServer};
+    use crate::support::wait;
 
     fn stream_config(name: &str, replicas: usize) -> stream::Config {
         stream::Config {
@@ -185,17 +185,10 @@ mod jetstream {
 
         // The meta leader is known once `cluster` returns, but it may still move while the
         // last peers catch up: retry for a while.
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let mut stream = loop {
-            match js.create_stream(stream_config("REPLICATED", 3)).await {
-                Ok(stream) => break stream,
-                Err(e) if Instant::now() < deadline => {
-                    eprintln!("create R3 stream: {e}; retrying");
-                    tokio::time::sleep(Duration::from_millis(250)).await;
-                }
-                Err(e) => panic!("R3 stream not created within 20 s: {e}"),
-            }
-        };
+        let mut stream = wait::retry("create the R3 stream", Duration::from_secs(20), || {
+            js.create_stream(stream_config("REPLICATED", 3))
+        })
+        .await;
 
         let ack = js
             .publish("replicated.one", "payload".into())

@@ -14,9 +14,6 @@
 //!   from the inner stream only when its consumer asks for one, so it holds
 //!   at most one message (while that message's KV lookup is pending) and
 //!   never buffers ahead, however slow the handler.
-#![cfg(feature = "jetstream")]
-
-mod support;
 
 use std::collections::{BTreeMap, HashMap};
 use std::pin::Pin;
@@ -33,12 +30,13 @@ use nats_otel::{
     TraceContextStreamExt, TracePropagationLayer,
 };
 use opentelemetry::trace::{TraceContextExt, TraceId};
-use support::nats::*;
-use support::server::NatsServer;
-use support::telemetry::*;
 use tower::{Layer, Service, ServiceExt};
 use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+use crate::support::nats::*;
+use crate::support::server::NatsServer;
+use crate::support::telemetry::*;
 
 const DEADLINE: Duration = Duration::from_secs(60);
 
@@ -75,6 +73,7 @@ where
                     if attempts == 1 {
                         eprintln!("job {id}: {e}; retrying");
                     }
+                    // Back-off between attempts; the loop ends at `deadline`.
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
                 Err(e) => panic!("job {id} never acknowledged: {e}"),
@@ -381,7 +380,8 @@ async fn slow_handler_adapter_holds_no_message_ahead() {
         handed_out.fetch_add(1, Ordering::SeqCst);
         assert_eq!(message.payload, i.to_string());
         assert!(cx.extraction().is_some());
-        // The slow handler.
+        // The slow handler: its work is the point (the adapter must not
+        // pull ahead meanwhile).
         tokio::time::sleep(Duration::from_millis(20)).await;
         assert_eq!(
             pulled.load(Ordering::SeqCst),
@@ -397,11 +397,20 @@ async fn slow_handler_adapter_holds_no_message_ahead() {
     assert_eq!(max_held.load(Ordering::SeqCst), 1, "at most one item held");
 }
 
-/// With the KV fallback, a message whose lookup is in flight is the one
-/// item the adapter holds; it does not pull the next message meanwhile.
+/// With the KV fallback, the adapter reads ahead while lookups are in
+/// flight, but holds at most its look-ahead window (one message with
+/// `kv_lookahead(1)`), keeps the order, and pulls nothing while the handler
+/// works.
 #[cfg(feature = "kv")]
 #[tokio::test]
-async fn slow_kv_lookups_hold_at_most_one_message() {
+async fn slow_kv_lookups_hold_at_most_the_lookahead_window() {
+    for window in [1, 8] {
+        kv_lookups_within_window(window).await;
+    }
+}
+
+#[cfg(feature = "kv")]
+async fn kv_lookups_within_window(window: usize) {
     use nats_otel::{fallback::FallbackKey, KvFallback};
 
     const MESSAGES: usize = 200;
@@ -414,7 +423,10 @@ async fn slow_kv_lookups_hold_at_most_one_message() {
     // No headers at all: every message needs a KV lookup (each misses).
     let ready: Vec<_> = (0..MESSAGES).map(|i| message(i, None)).collect();
     let (counting, pulled, handed_out, max_held) = Counting::over(ready);
-    let mut adapter = counting.with_trace_context().fallback(fallback.clone());
+    let mut adapter = counting
+        .with_trace_context()
+        .fallback(fallback.clone())
+        .kv_lookahead(window);
 
     let mut handled = 0;
     while let Some((message, cx)) = adapter.next().await {
@@ -428,12 +440,23 @@ async fn slow_kv_lookups_hold_at_most_one_message() {
             "{record}"
         );
         handled += 1;
-        assert!(pulled.load(Ordering::SeqCst) <= handled + 1);
+        assert!(pulled.load(Ordering::SeqCst) <= handled + window);
         if handled % 50 == 0 {
+            // A slow handler now and then: the point (no pull ahead meanwhile).
+            let before = pulled.load(Ordering::SeqCst);
             tokio::time::sleep(Duration::from_millis(20)).await;
+            assert_eq!(
+                pulled.load(Ordering::SeqCst),
+                before,
+                "pulled while the handler ran"
+            );
         }
     }
     assert_eq!(handled, MESSAGES, "every message yielded");
-    assert_eq!(max_held.load(Ordering::SeqCst), 1, "at most one item held");
+    let held = max_held.load(Ordering::SeqCst);
+    assert!(held <= window, "held {held} items, window {window}");
+    if window == 1 {
+        assert_eq!(held, 1, "one lookup at a time");
+    }
     assert_eq!(fallback.stats().reads, MESSAGES as u64);
 }

@@ -1,8 +1,5 @@
 //! JetStream: `fetch()` and `batch()` pull consumers through the adapter,
 //! and publish errors through the layer, against a real server.
-#![cfg(feature = "jetstream")]
-
-mod support;
 
 use std::time::Duration;
 
@@ -16,11 +13,12 @@ use nats_otel::{
 };
 use opentelemetry::trace::{SpanKind, Status};
 use opentelemetry::Context;
-use support::nats::*;
-use support::server::NatsServer;
-use support::telemetry::*;
 use tower::{Layer, Service, ServiceExt};
 use tracing::Instrument;
+
+use crate::support::nats::*;
+use crate::support::server::NatsServer;
+use crate::support::telemetry::*;
 
 const SUBJECTS: [&str; 3] = ["orders.0", "orders.1", "orders.2"];
 
@@ -183,7 +181,11 @@ async fn jetstream_publish_without_stream_returns_the_error_and_marks_the_span()
     }
     .instrument(api)
     .await;
-    assert_eq!(err.to_string(), bare.to_string(), "the message is unchanged");
+    assert_eq!(
+        err.to_string(),
+        bare.to_string(),
+        "the message is unchanged"
+    );
     let err = err
         .into_publish_error()
         .expect("the inner service's error, not a KV write's");

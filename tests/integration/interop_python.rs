@@ -7,8 +7,6 @@
 //! finds through `NATS_OTEL_PEER_PYTHON`. Without it these tests fail (never
 //! skip): run them through `cargo xtask test`.
 
-mod support;
-
 use async_nats::HeaderMap;
 use nats_otel::{
     ContextSource, CorePublisher, MessageContextExt, Publish, TraceContextStreamExt,
@@ -17,14 +15,15 @@ use nats_otel::{
 use opentelemetry::baggage::BaggageExt;
 use opentelemetry::trace::{SpanId, TraceContextExt, TraceId};
 use opentelemetry::{KeyValue, StringValue};
-use support::nats::*;
-use support::peers::{str_field, Lang, Peer};
-use support::server::NatsServer;
-use support::telemetry::*;
-use support::versions::rewrites_traceparent;
 use tower::Layer;
 use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+use crate::support::nats::*;
+use crate::support::peers::{str_field, Lang, Peer};
+use crate::support::server::NatsServer;
+use crate::support::telemetry::*;
+use crate::support::versions::rewrites_traceparent;
 
 /// "ключ" ("key" in Russian), as opentelemetry-python percent-encodes it.
 const KLYUCH: &str = "ключ";

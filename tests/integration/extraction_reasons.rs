@@ -2,8 +2,6 @@
 //! (Go's `Traceparent`), no headers, malformed `traceparent` values. Messages
 //! are published by a plain client, without the layer.
 
-mod support;
-
 use async_nats::HeaderMap;
 use nats_otel::{
     consume::NoContextReason, propagation::TraceparentProblem, ContextSource, MessageContextExt,
@@ -12,11 +10,12 @@ use opentelemetry::baggage::BaggageExt;
 use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt, TraceId};
 use opentelemetry::StringValue;
 use opentelemetry_sdk::trace::SpanData;
-use support::nats::*;
-use support::server::NatsServer;
-use support::telemetry::*;
 use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+use crate::support::nats::*;
+use crate::support::server::NatsServer;
+use crate::support::telemetry::*;
 
 const TRACE: &str = "0af7651916cd43dd8448eb211c80319c";
 const SPAN: &str = "b7ad6b7169203331";

@@ -1,9 +1,8 @@
 //! The layer reports, once, publishes made without a valid trace context
 //! (no OpenTelemetry layer in the subscriber, no span): the most common way
-//! a trace silently ends at the publisher. Its own test binary, since
-//! "once" is process-wide.
-
-mod support;
+//! a trace silently ends at the publisher. "Once" is per layer, and the
+//! warning goes to the test thread's own subscriber, so other tests of the
+//! binary publishing without a context change nothing here.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -13,11 +12,12 @@ use nats_otel::{
     ContextSource, CorePublisher, MessageContextExt, Publish, TraceContextStreamExt,
     TracePropagationLayer,
 };
-use support::nats::*;
-use support::server::NatsServer;
 use tower::Layer;
 use tracing::field::{Field, Visit};
 use tracing_subscriber::layer::{Context as LayerContext, SubscriberExt};
+
+use crate::support::nats::*;
+use crate::support::server::NatsServer;
 
 /// Counts WARN events from `nats_otel` whose message mentions a missing
 /// trace context at publish time.

@@ -13,9 +13,6 @@
 //! The Rust side runs on default settings: the Rust → Go cells are the
 //! reproduction of a Go worker that started a new root for every message
 //! while the crate wrote only `traceparent`.
-#![cfg(feature = "jetstream")]
-
-mod support;
 
 use std::collections::HashMap;
 
@@ -31,14 +28,15 @@ use opentelemetry::trace::{
 };
 use opentelemetry::{Context, KeyValue, StringValue};
 use serde_json::Value;
-use support::nats::*;
-use support::peers::{str_field, Lang, Peer};
-use support::server::NatsServer;
-use support::telemetry::*;
-use support::versions::rewrites_traceparent;
 use tower::{Layer, Service};
 use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+use crate::support::nats::*;
+use crate::support::peers::{str_field, Lang, Peer};
+use crate::support::server::NatsServer;
+use crate::support::telemetry::*;
+use crate::support::versions::rewrites_traceparent;
 
 /// Messages per cell.
 const COUNT: usize = 20;

@@ -10,11 +10,9 @@
 //!
 //! A test that needs a newer server than 2.10 must say so with
 //! [`require_server`] (it fails, naming the feature, instead of failing
-//! obscurely) and be listed in `NEEDS_NEWER_SERVER` in `xtask/src/main.rs`,
-//! which skips it by name in the 2.10.26 run. Today no test needs one.
-#![cfg(feature = "jetstream")]
-
-mod support;
+//! obscurely) and be listed in `NEEDS_NEWER_SERVER` in `xtask/src/main.rs`
+//! by its path in the test binary (`server_versions::<name>`), which the
+//! 2.10.26 run skips. Today no test needs one.
 
 use std::time::Duration;
 
@@ -24,14 +22,15 @@ use nats_otel::{
     ContextSource, JetStreamPublisher, MessageContextExt, Publish, TraceContextStreamExt,
     TracePropagationLayer,
 };
-use support::nats::*;
-use support::server::{
-    binary_for_version, NatsServer, OLDEST_SERVER, PINNED_SERVER, SUPPORTED_BELOW, SUPPORTED_MIN,
-};
-use support::telemetry::*;
-use support::versions::parse_version;
 use tower::{Layer, Service, ServiceExt};
 use tracing::Instrument;
+
+use crate::support::nats::*;
+use crate::support::server::{
+    binary_for_version, NatsServer, OLDEST_SERVER, PINNED_SERVER, SUPPORTED_BELOW, SUPPORTED_MIN,
+};
+use crate::support::telemetry::*;
+use crate::support::versions::parse_version;
 
 /// Fails, naming `feature`, unless `server` is at least `min`.
 ///

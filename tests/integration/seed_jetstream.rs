@@ -1,9 +1,6 @@
 //! The seed scenario: an API span publishes a job to JetStream through the
 //! layer; a worker consumes it through the adapter; one trace, parent chain
 //! api → send → process → handler.
-#![cfg(feature = "jetstream")]
-
-mod support;
 
 use futures::StreamExt;
 use nats_otel::{
@@ -11,11 +8,12 @@ use nats_otel::{
     TracePropagationLayer,
 };
 use opentelemetry::trace::SpanKind;
-use support::nats::*;
-use support::server::NatsServer;
-use support::telemetry::*;
 use tower::Layer;
 use tracing::Instrument;
+
+use crate::support::nats::*;
+use crate::support::server::NatsServer;
+use crate::support::telemetry::*;
 
 #[tokio::test]
 async fn seed_scenario_one_trace_through_jetstream() {
@@ -40,6 +38,7 @@ async fn seed_scenario_one_trace_through_jetstream() {
     assert_eq!(cx.extraction().unwrap().source(), ContextSource::Headers);
     let handler = cx.handler_span(tracing::info_span!("handler")).unwrap();
     async {
+        // Simulated handler work, so the handler span has a duration.
         tokio::time::sleep(std::time::Duration::from_millis(5)).await;
         message.ack().await.unwrap();
     }

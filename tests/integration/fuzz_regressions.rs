@@ -5,7 +5,7 @@
 //!
 //! To fuzz: `cargo +nightly fuzz run extract` (see the README).
 
-#[path = "../fuzz/checks.rs"]
+#[path = "../../fuzz/checks.rs"]
 mod checks;
 
 use std::fs;

@@ -1,9 +1,6 @@
 //! Metric values through the SDK's in-memory exporter: one count per
 //! extraction source and reason, with the meter provider handed to the
 //! layer and the adapter.
-#![cfg(feature = "kv")]
-
-mod support;
 
 use std::collections::HashMap;
 
@@ -15,11 +12,12 @@ use nats_otel::{
 };
 use opentelemetry_sdk::metrics::data::{AggregatedMetrics, MetricData};
 use opentelemetry_sdk::metrics::{InMemoryMetricExporter, PeriodicReader, SdkMeterProvider};
-use support::nats::*;
-use support::server::NatsServer;
-use support::telemetry::Telemetry;
 use tower::Layer;
 use tracing::Instrument;
+
+use crate::support::nats::*;
+use crate::support::server::NatsServer;
+use crate::support::telemetry::Telemetry;
 
 const VALID: &str = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
 

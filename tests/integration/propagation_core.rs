@@ -2,21 +2,20 @@
 //! consumer adapter, against a real server; spans checked through the
 //! in-memory exporter.
 
-mod support;
-
 use nats_otel::{
     publish::Requester, ContextSource, CorePublisher, MessageContextExt, Publish,
     TracePropagationLayer,
 };
 use opentelemetry::trace::{Span as _, SpanId, SpanKind, TraceContextExt, TraceId, Tracer as _};
 use opentelemetry::Context;
-use support::nats::*;
-use support::server::NatsServer;
-use support::telemetry::*;
-use support::versions::rewrites_traceparent;
 use tower::Layer;
 use tracing::Instrument;
 use tracing_opentelemetry::{OpenTelemetrySpanExt, SetParentError};
+
+use crate::support::nats::*;
+use crate::support::server::NatsServer;
+use crate::support::telemetry::*;
+use crate::support::versions::rewrites_traceparent;
 
 #[tokio::test]
 async fn core_publish_subscribe_keeps_one_trace_api_publish_process_handler() {

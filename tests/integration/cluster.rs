@@ -11,9 +11,6 @@
 //! (acked, unique stream sequences), the server shows nothing pending or
 //! unacknowledged, and every consumed message's trace id is the one its
 //! producer recorded.
-#![cfg(feature = "jetstream")]
-
-mod support;
 
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, HashMap};
@@ -28,11 +25,13 @@ use nats_otel::{
     TracePropagationLayer,
 };
 use opentelemetry::trace::{TraceContextExt, TraceId};
-use support::server::{cluster, NatsServer};
-use support::telemetry::*;
 use tower::{Layer, Service, ServiceExt};
 use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+use crate::support::server::{cluster, NatsServer};
+use crate::support::telemetry::*;
+use crate::support::wait;
 
 /// Jobs per test; the leader is killed once half of them are acknowledged.
 const JOBS: u64 = 200;
@@ -53,19 +52,9 @@ async fn connect(node: &NatsServer) -> async_nats::Client {
 /// leader may still move.
 async fn retry<T, E: std::fmt::Display, F: Future<Output = Result<T, E>>>(
     what: &str,
-    mut make: impl FnMut() -> F,
+    make: impl FnMut() -> F,
 ) -> T {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        match make().await {
-            Ok(v) => return v,
-            Err(e) if Instant::now() < deadline => {
-                eprintln!("{what}: {e}; retrying");
-                tokio::time::sleep(Duration::from_millis(250)).await;
-            }
-            Err(e) => panic!("{what}: {e}"),
-        }
-    }
+    wait::retry(what, Duration::from_secs(20), make).await
 }
 
 async fn r3_stream_and_consumer(
@@ -156,6 +145,7 @@ where
                     if attempts == 1 || attempts % 20 == 0 {
                         eprintln!("job {id}: publish attempt {attempts} failed: {e}; retrying");
                     }
+                    // Back-off between attempts; the loop ends at `deadline`.
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
                 Err(e) => panic!("job {id} never acknowledged: {e}"),
@@ -303,9 +293,10 @@ where
 
 /// Kills the node named `leader` once `half_done` is set.
 async fn kill_when(half_done: &Cell<bool>, nodes: &RefCell<Vec<NatsServer>>, leader: &str) {
-    while !half_done.get() {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    wait::until("half the jobs acknowledged", DEADLINE, || async move {
+        half_done.get()
+    })
+    .await;
     let mut nodes = nodes.borrow_mut();
     let index = node_index(&nodes, leader);
     eprintln!("killing the stream leader {leader} (node {})", index + 1);

@@ -1,10 +1,8 @@
 //! Which propagator injects and extracts when the global one is set, and
 //! when a custom one is passed to both sides.
 //!
-//! Every test in this binary sets the global text-map propagator to W3C
-//! Trace Context alone (no baggage); keep the no-op case out of it.
-
-mod support;
+//! Every test here sets the global text-map propagator to W3C Trace
+//! Context alone (no baggage) and holds it (`crate::set_propagator`).
 
 use nats_otel::{
     consume::NoContextReason, propagation::global_propagator_is_noop, ContextSource,
@@ -15,18 +13,23 @@ use opentelemetry::propagation::text_map_propagator::FieldIter;
 use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
 use opentelemetry::Context;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
-use support::nats::*;
-use support::server::NatsServer;
-use support::telemetry::*;
+use tokio::sync::MutexGuard;
 
-fn set_global_trace_context() {
-    opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
+use crate::set_propagator;
+use crate::support::nats::*;
+use crate::support::server::NatsServer;
+use crate::support::telemetry::*;
+
+/// Makes W3C Trace Context alone the global propagator for the test.
+async fn set_global_trace_context() -> MutexGuard<'static, ()> {
+    let guard = set_propagator(TraceContextPropagator::new()).await;
     assert!(!global_propagator_is_noop());
+    guard
 }
 
 #[tokio::test]
 async fn global_trace_context_propagator_is_used_when_set() {
-    set_global_trace_context();
+    let _global = set_global_trace_context().await;
     let telemetry = Telemetry::install();
     let server = NatsServer::start();
     let client = connect(&server).await;
@@ -116,7 +119,7 @@ impl TextMapPropagator for RenamedTraceContext {
 
 #[tokio::test]
 async fn custom_propagator_on_both_sides_wins_over_the_global() {
-    set_global_trace_context();
+    let _global = set_global_trace_context().await;
     let telemetry = Telemetry::install();
     let server = NatsServer::start();
     let client = connect(&server).await;

@@ -1,9 +1,8 @@
 //! The global text-map propagator left as OpenTelemetry's default no-op.
 //!
-//! Its own test binary: nothing here may call
-//! `opentelemetry::global::set_text_map_propagator`.
-
-mod support;
+//! Nothing in this test binary may call
+//! `opentelemetry::global::set_text_map_propagator` (see `main.rs`; tests
+//! that do live in `tests/global_propagator/`).
 
 use std::time::Duration;
 
@@ -13,10 +12,11 @@ use nats_otel::{
 };
 use opentelemetry::baggage::BaggageExt;
 use opentelemetry::StringValue;
-use support::nats::*;
-use support::server::NatsServer;
-use support::telemetry::*;
 use tracing::Instrument;
+
+use crate::support::nats::*;
+use crate::support::server::NatsServer;
+use crate::support::telemetry::*;
 
 #[tokio::test]
 async fn noop_global_propagator_still_propagates_publish_to_consume() {

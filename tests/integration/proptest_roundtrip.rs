@@ -10,9 +10,7 @@
 //!   leaf service that captures the message instead of sending it.
 //!
 //! A failing case is shrunk and printed by proptest; keep it as a row in
-//! `tests/bad_input.rs` or a unit test once fixed.
-
-mod support;
+//! `tests/integration/bad_input.rs` or a unit test once fixed.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -30,8 +28,9 @@ use opentelemetry::{Context, KeyValue};
 use opentelemetry_sdk::propagation::{BaggagePropagator, TraceContextPropagator};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
-use support::telemetry::Telemetry;
 use tower::{Layer, Service, ServiceExt};
+
+use crate::support::telemetry::Telemetry;
 
 type Baggage = BTreeMap<String, String>;
 

@@ -1,16 +1,14 @@
 //! `nats-otel doctor`, run as a binary against a real server, with relays
 //! between the publish and the listen subject standing in for the user's
 //! real path.
-#![cfg(feature = "cli")]
-
-mod support;
 
 use async_nats::jetstream;
 use async_nats::{Client, HeaderMap};
 use futures::StreamExt;
 use serde_json::Value;
-use support::nats::*;
-use support::server::NatsServer;
+
+use crate::support::nats::*;
+use crate::support::server::NatsServer;
 
 const BIN: &str = env!("CARGO_BIN_EXE_nats-otel");
 
