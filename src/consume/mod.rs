@@ -36,6 +36,7 @@
 
 mod item;
 mod lookahead;
+mod receive;
 #[cfg(feature = "jetstream")]
 mod settle;
 pub(crate) mod span;
