@@ -20,6 +20,7 @@ use std::sync::Arc;
 
 mod template;
 
+pub(crate) use template::Destination;
 pub use template::{InvalidSubjectPattern, SubjectTemplates};
 
 /// A set of NATS subject patterns (`*` matches one token, `>` one or more

@@ -13,7 +13,7 @@ use super::warn;
 use crate::attr;
 use crate::propagation::MessageMeta;
 use crate::propagation::{ContextSource, ExtractionRecord};
-use crate::subject::SubjectTemplates;
+use crate::subject::{Destination, SubjectTemplates};
 use crate::telemetry::SpanTracer;
 use crate::telemetry::{captured_headers, SpanNameFn};
 use crate::telemetry::{InContext, Operation, OperationType, Parent};
@@ -54,8 +54,11 @@ impl Drop for ProcessTimer {
 }
 
 /// Counts a delivered message and starts its `process` clock.
-fn delivered(meta: &MessageMeta<'_>, options: &ProcessOptions) -> ProcessTimer {
-    let destination = options.templates.resolve(meta.subject);
+fn delivered(
+    meta: &MessageMeta<'_>,
+    destination: &Destination<'_>,
+    options: &ProcessOptions,
+) -> ProcessTimer {
     let consumer = meta.jetstream.as_ref().map(|js| js.consumer);
     let attributes = MessagingAttributes::new(
         "process",
@@ -189,8 +192,9 @@ pub(crate) fn process_context(
     options: &ProcessOptions,
 ) -> Context {
     options.metrics.extracted(&record);
-    let timer = delivered(meta, options);
     let subject = meta.subject;
+    let destination = options.templates.resolve(subject);
+    let timer = delivered(meta, &destination, options);
     if options.disabled {
         if let Some(reason) = record
             .reason()
@@ -202,7 +206,6 @@ pub(crate) fn process_context(
         consumed.timer = Some(timer);
         return remote.with_value(consumed);
     }
-    let destination = options.templates.resolve(subject);
     let span_name = match &options.span_name {
         Some(f) => f(subject),
         None => destination.span_name("process", subject),

@@ -12,20 +12,21 @@ use crate::support::server::NatsServer;
 
 const BIN: &str = env!("CARGO_BIN_EXE_nats-otel");
 
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
+pub(crate) struct Run {
+    pub(crate) code: i32,
+    pub(crate) stdout: String,
+    pub(crate) stderr: String,
 }
 
 impl Run {
-    fn json(&self) -> Value {
+    pub(crate) fn json(&self) -> Value {
         serde_json::from_str(&self.stdout)
             .unwrap_or_else(|e| panic!("stdout is not JSON ({e}):\n{}", self.stdout))
     }
 }
 
-async fn nats_otel(args: &[&str]) -> Run {
+/// Runs the `nats-otel` binary with `args`, echoing its output for the test log.
+pub(crate) async fn nats_otel(args: &[&str]) -> Run {
     let output = tokio::process::Command::new(BIN)
         .args(args)
         .env_remove("NATS_URL")

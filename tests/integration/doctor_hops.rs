@@ -13,43 +13,9 @@ use futures::StreamExt;
 use nats_otel::hops::message_tracing_safe;
 use serde_json::Value;
 
+use crate::cli_doctor::{nats_otel, Run};
 use crate::support::nats::*;
 use crate::support::server::{self, NatsServer};
-
-const BIN: &str = env!("CARGO_BIN_EXE_nats-otel");
-
-struct Run {
-    code: i32,
-    stdout: String,
-}
-
-impl Run {
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.stdout)
-            .unwrap_or_else(|e| panic!("stdout is not JSON ({e}):\n{}", self.stdout))
-    }
-}
-
-async fn nats_otel(args: &[&str]) -> Run {
-    let output = tokio::process::Command::new(BIN)
-        .args(args)
-        .env_remove("NATS_URL")
-        .output()
-        .await
-        .expect("run nats-otel");
-    let run = Run {
-        code: output.status.code().expect("exit code"),
-        stdout: String::from_utf8(output.stdout).unwrap(),
-    };
-    eprintln!(
-        "$ nats-otel {}\n-- exit {}\n{}{}",
-        args.join(" "),
-        run.code,
-        run.stdout,
-        String::from_utf8_lossy(&output.stderr)
-    );
-    run
-}
 
 /// `nats-otel doctor --hops`, publishing `subject` on `publish_on` and
 /// expecting the probe on `listen` on `listen_on`.

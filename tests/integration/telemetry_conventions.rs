@@ -64,6 +64,11 @@ fn points(provider: &SdkMeterProvider, exporter: &InMemoryMetricExporter, name: 
     out
 }
 
+/// A filter on a point's attributes: `key` is `value`.
+fn is(key: &'static str, value: &'static str) -> impl Fn(&HashMap<String, String>) -> bool {
+    move |a| a.get(key).map(String::as_str) == Some(value)
+}
+
 fn total(points: &Points, filter: impl Fn(&HashMap<String, String>) -> bool) -> u64 {
     points
         .iter()
@@ -144,9 +149,6 @@ async fn core_nats_standard_metrics_and_one_span_name_per_destination() {
         drop(cx); // ends the `process` span and its duration
     }
 
-    let is = |key: &'static str, value: &'static str| {
-        move |a: &HashMap<String, String>| a.get(key).map(String::as_str) == Some(value)
-    };
     let sent = points(&provider, &exporter, "messaging.client.sent.messages");
     assert_low_cardinality(&sent, &ids, "sent");
     assert_eq!(
@@ -251,9 +253,6 @@ async fn jetstream_standard_metrics_with_the_consumer_and_settlements() {
             .unwrap();
     }
 
-    let is = |key: &'static str, value: &'static str| {
-        move |a: &HashMap<String, String>| a.get(key).map(String::as_str) == Some(value)
-    };
     let sent = points(&provider, &exporter, "messaging.client.sent.messages");
     assert_low_cardinality(&sent, &ids, "sent");
     assert_eq!(
