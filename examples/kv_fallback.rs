@@ -38,10 +38,10 @@ async fn main() -> Result<(), Error> {
     let js = async_nats::jetstream::new(client.clone());
 
     // One policy for both sides: the bucket (created with a 24 h TTL if missing) and the key.
-    let bucket = KvFallback::open_bucket(&js, "trace_carriers").await?;
     // `Required`: the message is sent only once the record is stored (the default,
     // `BestEffort`, sends both at once and rarely lets the message win).
-    let fallback = KvFallback::new(bucket, FallbackKey::subject_token(2))
+    let fallback = KvFallback::open(&js, "trace_carriers", FallbackKey::subject_token(2))
+        .await?
         .on_write_failure(WritePolicy::Required);
 
     // The lossy relay: payload only, headers dropped.

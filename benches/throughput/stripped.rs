@@ -85,11 +85,17 @@ struct Side {
 }
 
 impl Side {
-    fn new(stream: &jetstream::stream::Stream, filter: &'static str, store: &kv::Store) -> Self {
+    fn new(
+        stream: &jetstream::stream::Stream,
+        filter: &'static str,
+        store: &kv::Store,
+        js: &jetstream::Context,
+    ) -> Self {
         Self {
             stream: stream.clone(),
             filter,
-            fallback: KvFallback::new(store.clone(), FallbackKey::subject_token(2)),
+            fallback: KvFallback::new(store.clone(), FallbackKey::subject_token(2))
+                .batch_reads(js.clone()),
             tally: RefCell::default(),
         }
     }
@@ -249,13 +255,13 @@ pub(crate) async fn stripped_headers(
     let n = s.kv_messages;
     let specs = [
         (
-            "consume, `messages()`, `.fallback(kv)`: headers stripped (nats_otel column, KV lookups, kv_lookahead 32 default) vs intact (raw column)",
+            "consume, `messages()`, `.fallback(kv)`: headers stripped (nats_otel column, KV lookups batched by `batch_reads`, kv_lookahead 32 default) vs intact (raw column)",
             ">= 0.5",
             Pull::Messages,
             None,
         ),
         (
-            "consume, `fetch()` batches of 500, `.fallback(kv)`: headers stripped (nats_otel column, KV lookups, kv_lookahead 32 default) vs intact (raw column)",
+            "consume, `fetch()` batches of 500, `.fallback(kv)`: headers stripped (nats_otel column, KV lookups batched by `batch_reads`, kv_lookahead 32 default) vs intact (raw column)",
             ">= 0.5",
             Pull::Fetch(FETCH_BATCH),
             None,
@@ -269,8 +275,8 @@ pub(crate) async fn stripped_headers(
     ];
     let (mut rows, mut lines) = (Vec::new(), Vec::new());
     for (name, target, pull, lookahead) in specs {
-        let stripped = Side::new(&stripped_stream, "bench.stripped.*", &store);
-        let intact = Side::new(&intact_stream, "bench.intact.*", &store);
+        let stripped = Side::new(&stripped_stream, "bench.stripped.*", &store, &cjs);
+        let intact = Side::new(&intact_stream, "bench.intact.*", &store, &cjs);
         let row = pair(
             name,
             target,
@@ -384,7 +390,7 @@ pub(crate) async fn probe(consumer: &async_nats::Client, s: &Settings) -> Result
         lines.push(format!("probe: batched direct get (multi_last), {batch} keys per request, one request at a time: {rate:.0}/s"));
     }
     for window in [1, 8, 32, 128, 512] {
-        let side = Side::new(&stripped_stream, "bench.stripped.*", &store);
+        let side = Side::new(&stripped_stream, "bench.stripped.*", &store, &cjs);
         let took = side.consume(Pull::Messages, Some(window), n).await?;
         lines.push(format!(
             "probe: adapter, messages(), stripped, kv_lookahead({window}): {:.0} msg/s",

@@ -122,7 +122,7 @@ pub(crate) async fn kv_fallback(js: &jetstream::Context) -> Result<KvFallback, B
         let job: Value = serde_json::from_slice(input.payload).ok()?;
         job.get("job_id")?.as_str().map(str::to_owned)
     });
-    Ok(KvFallback::new(bucket, key))
+    Ok(KvFallback::new(bucket, key).batch_reads(js.clone()))
 }
 
 /// How the API publishes jobs.

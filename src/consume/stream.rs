@@ -1,9 +1,8 @@
 use std::fmt;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{ready, Context as TaskContext, Poll};
+use std::task::{Context as TaskContext, Poll};
 
-use futures::future::BoxFuture;
 use opentelemetry::trace::TraceContextExt;
 
 use futures::Stream;
@@ -13,7 +12,7 @@ use opentelemetry::Context;
 use pin_project_lite::pin_project;
 
 use super::item::ConsumerItem;
-use super::lookahead::{Lookahead, Outcome, DEFAULT_WINDOW};
+use super::lookahead::{Lookahead, Outcome, PendingLookup, DEFAULT_WINDOW};
 use super::receive::ReceiveSpan;
 use super::span::{process_context, with_record, Parenting, ProcessOptions};
 use crate::propagation::MessageMeta;
@@ -58,7 +57,7 @@ pub struct ContextExtractor {
     skip: SubjectFilter,
     payload_carrier: Option<Arc<PayloadCarrierFn>>,
     #[cfg(feature = "kv")]
-    fallback: Option<crate::fallback::KvFallback>,
+    fallback: Option<Arc<crate::fallback::KvFallback>>,
 }
 
 type PayloadCarrierFn = dyn Fn(&MessageMeta<'_>) -> Option<TraceCarrier> + Send + Sync;
@@ -86,7 +85,7 @@ pub(crate) enum Step {
     Skip,
     /// Only built with the `kv` feature.
     #[cfg_attr(not(feature = "kv"), allow(dead_code))]
-    Lookup(BoxFuture<'static, (Context, ExtractionRecord)>),
+    Lookup(PendingLookup),
 }
 
 impl ContextExtractor {
@@ -329,7 +328,7 @@ impl ContextExtractor {
     #[cfg(feature = "kv")]
     #[cfg_attr(docsrs, doc(cfg(feature = "kv")))]
     pub fn fallback(mut self, fallback: crate::fallback::KvFallback) -> Self {
-        self.fallback = Some(fallback);
+        self.fallback = Some(Arc::new(fallback));
         self
     }
 
@@ -372,9 +371,34 @@ impl ContextExtractor {
         let (cx, record) = match self.begin(meta) {
             Step::Done(cx, record) => (cx, record),
             Step::Skip => return skipped_context(),
-            Step::Lookup(lookup) => lookup.await,
+            Step::Lookup(lookup) => self.lookup(lookup).await,
         };
         process_context(meta, cx, record, &self.process)
+    }
+
+    /// One lookup on its own (no window to batch it with).
+    async fn lookup(&self, lookup: PendingLookup) -> (Context, ExtractionRecord) {
+        #[cfg(feature = "kv")]
+        if let Some(fallback) = &self.fallback {
+            let metrics = &self.process.metrics;
+            let result = crate::fallback::lookup(fallback, lookup.key.clone(), metrics).await;
+            return lookup.complete(result);
+        }
+        // A lookup is only begun with a fallback.
+        let missing = NoContextReason::KvNotFound {
+            key: lookup.key.clone(),
+        };
+        lookup.complete(Err(missing))
+    }
+
+    /// Starts the lookups queued in `ahead`; `false` when none were.
+    fn flush<T>(&self, ahead: Pin<&mut Lookahead<T>>) -> bool {
+        #[cfg(feature = "kv")]
+        if let Some(fallback) = &self.fallback {
+            return ahead.flush(fallback, &self.process.metrics);
+        }
+        let _ = ahead;
+        false
     }
 
     fn headers_then_payload(&self, meta: &MessageMeta<'_>) -> (Context, ExtractionRecord) {
@@ -432,21 +456,7 @@ impl ContextExtractor {
                             record.fallback_missed(NoContextReason::FallbackKey(error)),
                         )
                     }
-                    Ok(key) => {
-                        let fallback = fallback.clone();
-                        let metrics = self.process.metrics.clone();
-                        return Step::Lookup(Box::pin(async move {
-                            match crate::fallback::lookup(fallback, key, metrics).await {
-                                Ok(kv_cx) => {
-                                    let record = record
-                                        .recovered(ContextSource::Kv)
-                                        .with_remote(kv_cx.span().span_context());
-                                    (kv_cx, record)
-                                }
-                                Err(reason) => (cx, record.fallback_missed(reason)),
-                            }
-                        }));
-                    }
+                    Ok(key) => return Step::Lookup(PendingLookup::new(key, cx, record)),
                 }
             }
         }
@@ -691,8 +701,11 @@ impl<S: Stream> ContextExtractingConsumer<S> {
     /// many and starts their lookups too, and still yields them in arrival
     /// order. The adapter reads ahead only while it is polled and only
     /// behind a pending lookup, so a slow handler never makes it buffer,
-    /// and intact headers make it hold nothing. `1` makes one lookup at a
-    /// time. Values below 1 count as 1.
+    /// and intact headers make it hold nothing. The lookups of the messages
+    /// read in one go start together: one request for all their keys with
+    /// [`KvFallback::batch_reads`](crate::KvFallback::batch_reads), else one
+    /// request per key. `1` makes one lookup at a time. Values below 1
+    /// count as 1.
     ///
     /// By default, 32.
     ///
@@ -767,6 +780,9 @@ where
                 // The oldest is still waiting for its lookup: read on, up
                 // to the window, so that the next lookups overlap with it.
                 if *this.inner_done || !this.ahead.has_room() {
+                    if this.extractor.flush(this.ahead.as_mut()) {
+                        continue; // polls the new lookups
+                    }
                     return Poll::Pending;
                 }
             } else if *this.inner_done {
@@ -775,9 +791,15 @@ where
                 }
                 return Poll::Ready(None);
             }
-            let Some(item) = ready!(this.inner.as_mut().poll_next(cx)) else {
-                *this.inner_done = true;
-                continue;
+            let item = match this.inner.as_mut().poll_next(cx) {
+                Poll::Ready(Some(item)) => item,
+                Poll::Ready(None) => {
+                    *this.inner_done = true;
+                    continue;
+                }
+                // Nothing more ready: the lookups of what was read start.
+                Poll::Pending if this.extractor.flush(this.ahead.as_mut()) => continue,
+                Poll::Pending => return Poll::Pending,
             };
             let outcome = match item.meta() {
                 None => Outcome::NoMeta,

@@ -1,4 +1,3 @@
-use crate::telemetry::Metrics;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -10,19 +9,16 @@ use opentelemetry::Context;
 use super::KvFallback;
 use crate::propagation::decode_record;
 use crate::propagation::{context_from_carrier, NoContextReason};
+use crate::telemetry::Metrics;
 
 /// Looks `key` up in the fallback bucket, bounded by the lookup timeout.
 pub(crate) async fn lookup(
-    fallback: KvFallback,
+    fallback: &KvFallback,
     key: String,
-    metrics: Metrics,
+    metrics: &Metrics,
 ) -> Result<Context, NoContextReason> {
-    fallback.stats.reads.fetch_add(1, Ordering::Relaxed);
-    let result = lookup_inner(&fallback, key).await;
-    metrics.kv("read", result.is_ok());
-    if result.is_err() {
-        fallback.stats.read_failures.fetch_add(1, Ordering::Relaxed);
-    }
+    let result = lookup_inner(fallback, key).await;
+    fallback.count_read(metrics, result.is_ok());
     result
 }
 
@@ -57,11 +53,25 @@ async fn lookup_inner(fallback: &KvFallback, key: String) -> Result<Context, NoC
             Ok(Ok(Some(entry))) => break entry,
         }
     };
-    let carrier = decode_record(&entry).map_err(|error| NoContextReason::KvInvalidRecord {
-        key: key.clone(),
-        error,
-    })?;
+    context_from_record(&entry, key)
+}
+
+/// The context in a KV record read under `key`.
+pub(crate) fn context_from_record(record: &[u8], key: String) -> Result<Context, NoContextReason> {
+    let carrier =
+        decode_record(record).map_err(|error| NoContextReason::KvInvalidRecord { key, error })?;
     let cx = context_from_carrier(&carrier, "kv traceparent")?;
     debug_assert!(cx.span().span_context().is_valid());
     Ok(cx)
+}
+
+impl KvFallback {
+    /// Counts one lookup in the stats and the metrics.
+    pub(crate) fn count_read(&self, metrics: &Metrics, ok: bool) {
+        self.stats.reads.fetch_add(1, Ordering::Relaxed);
+        if !ok {
+            self.stats.read_failures.fetch_add(1, Ordering::Relaxed);
+        }
+        metrics.kv("read", ok);
+    }
 }

@@ -19,15 +19,18 @@
 //! - **consume:** when the headers give no valid context, the consumer
 //!   adapter looks the key up (bounded by a timeout) and, if found, the
 //!   context's source is [`Kv`](crate::ContextSource::Kv). With intact
-//!   headers, KV is never read.
+//!   headers, KV is never read. The adapter reads ahead while lookups are
+//!   in flight and, with [`KvFallback::batch_reads`] (on with
+//!   [`KvFallback::open`]), reads the keys of the messages it holds in one
+//!   request.
 //!
 //! Cost: one extra JetStream write (a KV put, acked) per published message,
 //! in the same round trip as the publish's own ack with
 //! [`WritePolicy::BestEffort`], in the round trip before it with
 //! [`WritePolicy::Required`]; one KV read per message that arrives without
-//! usable headers. Failure
-//! modes: a failed write is recorded on the PRODUCER span and
-//! logged
+//! usable headers (one request per window of such messages with batched
+//! reads). Failure modes: a failed write is recorded on the PRODUCER span
+//! and logged
 //! ([`WritePolicy::BestEffort`], the default) or fails the publish before
 //! anything is sent ([`WritePolicy::Required`]); a failed or slow lookup
 //! costs at most the lookup timeout for that message, which is then yielded
@@ -43,8 +46,7 @@
 //! use nats_otel::{KvFallback, TraceContextStreamExt, TracePropagationLayer};
 //!
 //! # async fn run(js: async_nats::jetstream::Context, consumer: async_nats::jetstream::consumer::PullConsumer) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-//! let bucket = KvFallback::open_bucket(&js, "trace_carriers").await?;
-//! let fallback = KvFallback::new(bucket, FallbackKey::subject_token(1));
+//! let fallback = KvFallback::open(&js, "trace_carriers", FallbackKey::subject_token(1)).await?;
 //!
 //! let publish_layer = TracePropagationLayer::new().fallback(fallback.clone());
 //! let jobs = consumer.messages().await?.with_trace_context().fallback(fallback);
@@ -53,11 +55,12 @@
 //! # }
 //! ```
 
+mod batch;
 mod key;
 mod lookup;
 
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -69,6 +72,7 @@ pub use key::FallbackKey;
 // For the fuzz targets (fuzz/), not part of the documented API.
 #[doc(hidden)]
 pub use crate::propagation::kv_record::decode_record;
+pub(crate) use batch::lookup_many;
 #[doc(hidden)]
 pub use key::{decode_key, encode_key};
 pub(crate) use lookup::lookup;
@@ -112,8 +116,7 @@ pub enum WritePolicy {
 /// # async fn run() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
 /// let client = async_nats::connect("nats://127.0.0.1:4222").await?;
 /// let js = async_nats::jetstream::new(client);
-/// let bucket = KvFallback::open_bucket(&js, "trace_carriers").await?;
-/// let fallback = KvFallback::new(bucket, FallbackKey::header("Job-Id"));
+/// let fallback = KvFallback::open(&js, "trace_carriers", FallbackKey::header("Job-Id")).await?;
 ///
 /// // Publish side:
 /// let layer = TracePropagationLayer::new().fallback(fallback.clone());
@@ -129,6 +132,8 @@ pub struct KvFallback {
     pub(crate) key: FallbackKey,
     pub(crate) on_write_failure: WritePolicy,
     pub(crate) lookup_timeout: Duration,
+    /// For batched reads; `None` reads one key per request.
+    pub(crate) jetstream: Option<jetstream::Context>,
     pub(crate) stats: Arc<Stats>,
 }
 
@@ -139,6 +144,7 @@ impl fmt::Debug for KvFallback {
             .field("key", &self.key)
             .field("on_write_failure", &self.on_write_failure)
             .field("lookup_timeout", &self.lookup_timeout)
+            .field("batch_reads", &self.jetstream.is_some())
             .field("stats", &self.stats())
             .finish()
     }
@@ -155,8 +161,52 @@ impl KvFallback {
             key,
             on_write_failure: WritePolicy::default(),
             lookup_timeout: DEFAULT_LOOKUP_TIMEOUT,
+            jetstream: None,
             stats: Arc::default(),
         }
+    }
+
+    /// Opens (or creates, as [`open_bucket`](Self::open_bucket) does) the
+    /// bucket `name` and returns a fallback to it keyed by `key`, with
+    /// [`batch_reads`](Self::batch_reads) on through `jetstream`.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use nats_otel::{fallback::FallbackKey, KvFallback};
+    ///
+    /// # async fn run() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    /// let client = async_nats::connect("nats://127.0.0.1:4222").await?;
+    /// let js = async_nats::jetstream::new(client);
+    /// let fallback = KvFallback::open(&js, "trace_carriers", FallbackKey::header("Job-Id")).await?;
+    /// # let _ = fallback;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn open(
+        jetstream: &jetstream::Context,
+        name: &str,
+        key: FallbackKey,
+    ) -> Result<Self, BucketError> {
+        let store = Self::open_bucket(jetstream, name).await?;
+        Ok(Self::new(store, key).batch_reads(jetstream.clone()))
+    }
+
+    /// Reads the keys of all messages waiting in a consumer adapter's
+    /// look-ahead window in one request (a multi-last direct get), through
+    /// `jetstream`: the JetStream context the bucket was opened with.
+    ///
+    /// By default, each key is read with its own direct get (the reads of
+    /// a window still overlap). Batched reads need nats-server 2.11 or later
+    /// and a bucket with direct gets allowed (as buckets are by default); on
+    /// an older server, or when a batch fails, the keys are read one by one
+    /// with the same timeout and failure reasons, so turning this on never
+    /// changes an outcome, only the number of round trips. A single lookup
+    /// ([`ContextExtractor::extract_or_lookup`](crate::ContextExtractor::extract_or_lookup))
+    /// is one read either way.
+    pub fn batch_reads(mut self, jetstream: jetstream::Context) -> Self {
+        self.jetstream = Some(jetstream);
+        self
     }
 
     /// Sets what a failed publish-side write does.
@@ -261,6 +311,8 @@ pub(crate) struct Stats {
     pub(crate) write_failures: AtomicU64,
     pub(crate) reads: AtomicU64,
     pub(crate) read_failures: AtomicU64,
+    /// Whether the server was found not to answer batched reads.
+    pub(crate) batch_unsupported: AtomicBool,
 }
 
 /// The fallback bucket could not be opened.

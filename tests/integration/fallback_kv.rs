@@ -814,3 +814,112 @@ async fn relay_drops_headers_kv_fallback_restores_the_parent_with_a_tracer() {
     assert_child_of(&process, &producer);
     assert_attribute(&process, "nats_otel.context.source", "kv");
 }
+
+/// Whether `server` answers multi-last direct gets (nats-server 2.11+).
+fn answers_batched_reads(client: &Client) -> bool {
+    let version = client.server_info().version;
+    let mut parts = version.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
+    let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    (major, minor) >= (2, 11)
+}
+
+/// With batched reads on, a window of header-less messages is looked up in
+/// a few requests instead of one per message; every message is still
+/// yielded in order with its own outcome: recovered (its own producer's
+/// trace), no record, or a deleted record. On a server before 2.11 the
+/// first batch is refused and every key is read on its own, with the same
+/// outcomes.
+#[tokio::test]
+async fn batched_reads_recover_a_window_in_few_requests_with_per_message_outcomes() {
+    const MESSAGES: usize = 60;
+    let _telemetry = Telemetry::install();
+    let server = NatsServer::start();
+    let (client, js) = connect_jetstream(&server).await;
+    let stream = jobs_stream(&js).await;
+    let kv = KvFallback::open(&js, BUCKET, FallbackKey::subject_token(1))
+        .await
+        .unwrap();
+    let _relay = start_relay(&client, &js).await;
+    let watcher = connect(&server).await;
+    let mut direct_gets = subscribed(&watcher, "$JS.API.DIRECT.GET.>").await;
+
+    // Every 10th message has no record (published without the layer), the
+    // 5th has its record deleted; the rest have one each, in their own trace.
+    let mut publisher = kv_publisher(&client, &kv);
+    let mut traces = Vec::new();
+    for i in 0..MESSAGES {
+        let subject = format!("ingress.job-{i}");
+        if i % 10 == 9 {
+            client.publish(subject, i.to_string().into()).await.unwrap();
+            traces.push(None);
+        } else {
+            traces.push(Some(
+                publish_in_api_span(&mut publisher, &subject, i.to_string()).await,
+            ));
+        }
+    }
+    kv.store().delete("job-5").await.unwrap();
+    wait::until("the relay forwarded every message", WAIT, || async {
+        stream.get_info().await.unwrap().state.messages == MESSAGES as u64
+    })
+    .await;
+
+    let mut worker = kv_worker(&stream, &kv).await;
+    for (i, trace) in traces.iter().enumerate() {
+        let (message, cx) = next(&mut worker).await.unwrap();
+        assert_eq!(message.payload, i.to_string(), "arrival order kept");
+        let record = cx.extraction().unwrap().clone();
+        match trace {
+            Some(trace) if i != 5 => {
+                assert_eq!(record.source(), ContextSource::Kv, "message {i}: {record}");
+                assert_eq!(cx.span().span_context().trace_id(), *trace, "message {i}");
+            }
+            _ => {
+                assert_eq!(record.source(), ContextSource::None, "message {i}");
+                assert_eq!(
+                    record.fallback_reason(),
+                    Some(&NoContextReason::KvNotFound {
+                        key: format!("job-{i}")
+                    }),
+                    "message {i}: {record}"
+                );
+            }
+        }
+        message.ack().await.unwrap();
+    }
+    let missing = MESSAGES / 10 + 1;
+    assert_eq!(kv.stats().reads, MESSAGES as u64);
+    assert_eq!(kv.stats().read_failures, missing as u64);
+
+    // Count the read requests the server saw.
+    client.flush().await.unwrap();
+    server_round_trip(&client).await;
+    server_round_trip(&watcher).await;
+    let mut batched = 0;
+    let mut single = 0;
+    while let Ok(Some(get)) =
+        tokio::time::timeout(Duration::from_millis(200), direct_gets.next()).await
+    {
+        if get.subject.as_str() == format!("$JS.API.DIRECT.GET.KV_{BUCKET}") {
+            assert!(
+                std::str::from_utf8(&get.payload)
+                    .unwrap()
+                    .contains("multi_last"),
+                "{get:?}"
+            );
+            batched += 1;
+        } else {
+            single += 1;
+        }
+    }
+    if answers_batched_reads(&client) {
+        assert_eq!(single, 0, "every key read in a batch");
+        assert!(
+            (1..=MESSAGES / 4).contains(&batched),
+            "{batched} batched requests for {MESSAGES} messages"
+        );
+    } else {
+        assert_eq!(batched, 1, "asked once, then not again");
+        assert_eq!(single, MESSAGES, "every key read on its own");
+    }
+}

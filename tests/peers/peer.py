@@ -120,6 +120,14 @@ async def consume(args):
         sub = await js.pull_subscribe_bind(args.durable, args.stream)
     else:
         sub = await nc.subscribe(args.subject)
+        # nats-py's flush() may send its PING ahead of a queued SUB, so a
+        # PONG does not prove the subscription is in place. A message to
+        # ourselves, queued after the SUB on the same connection, does.
+        probe = nc.new_inbox()
+        probe_sub = await nc.subscribe(probe)
+        await nc.publish(probe, b"")
+        await probe_sub.next_msg(timeout=args.timeout)
+        await probe_sub.unsubscribe()
     await nc.flush()
     emit({"ready": True})
     pending = []

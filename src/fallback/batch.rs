@@ -1,0 +1,181 @@
+//! Batched KV reads: the keys of every message waiting in the consumer
+//! adapter's look-ahead window read in one multi-last direct get
+//! (`$JS.API.DIRECT.GET.KV_<bucket>` with `{"multi_last": [..]}`, nats-server
+//! 2.11 or later), instead of one direct get per key.
+//!
+//! The reply is a stream of messages on a fresh inbox: one per key that has
+//! a record (in stream order, named by its `Nats-Subject` header), then an
+//! end-of-batch status (204). A key without a record has no message. Any
+//! other answer (an older server, no responders while a leader is elected,
+//! an error status) turns the batch into single lookups, each with its own
+//! timeout and retries, so a message's outcome and reason are the same as
+//! without batching; a server that does not know the request is remembered
+//! and not asked again.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+
+use async_nats::jetstream;
+use bytes::Bytes;
+use futures::StreamExt;
+use opentelemetry::Context;
+use tokio::time::Instant;
+
+use super::lookup::{context_from_record, lookup};
+use super::KvFallback;
+use crate::propagation::NoContextReason;
+use crate::telemetry::Metrics;
+
+/// The most keys in one request: the server answers at most 1024 subjects.
+const MAX_KEYS: usize = 1024;
+
+/// Looks every key up, in one request per [`MAX_KEYS`] when the fallback
+/// has a JetStream context for batched reads and the server answers them,
+/// else one lookup per key, all at once. Results are in the order of
+/// `keys`.
+pub(crate) async fn lookup_many(
+    fallback: &KvFallback,
+    keys: Vec<String>,
+    metrics: &Metrics,
+) -> Vec<Result<Context, NoContextReason>> {
+    let batchable = keys.len() > 1
+        && !fallback.stats.batch_unsupported.load(Ordering::Relaxed)
+        && fallback.store.stream.cached_info().config.allow_direct;
+    let Some(jetstream) = fallback.jetstream.as_ref().filter(|_| batchable) else {
+        return singles(fallback, keys, metrics).await;
+    };
+    let mut results = Vec::with_capacity(keys.len());
+    let mut keys = keys.into_iter().peekable();
+    while keys.peek().is_some() {
+        let chunk: Vec<String> = keys.by_ref().take(MAX_KEYS).collect();
+        results.extend(batch(fallback, jetstream, chunk, metrics).await);
+    }
+    results
+}
+
+/// One lookup per key, concurrently.
+async fn singles(
+    fallback: &KvFallback,
+    keys: Vec<String>,
+    metrics: &Metrics,
+) -> Vec<Result<Context, NoContextReason>> {
+    futures::future::join_all(keys.into_iter().map(|key| lookup(fallback, key, metrics))).await
+}
+
+/// Why a batched read gave no answer for its keys.
+enum BatchFailure {
+    /// The server does not know multi-last reads.
+    Unsupported,
+    /// A transient failure (no responders, a lost connection, an error
+    /// status): the keys go to single lookups, which retry.
+    Retry,
+}
+
+async fn batch(
+    fallback: &KvFallback,
+    jetstream: &jetstream::Context,
+    keys: Vec<String>,
+    metrics: &Metrics,
+) -> Vec<Result<Context, NoContextReason>> {
+    let deadline = Instant::now() + fallback.lookup_timeout;
+    let found = match tokio::time::timeout_at(deadline, request(fallback, jetstream, &keys)).await {
+        Ok(Ok(found)) => found,
+        Ok(Err(BatchFailure::Unsupported)) => {
+            (fallback.stats.batch_unsupported).store(true, Ordering::Relaxed);
+            return singles(fallback, keys, metrics).await;
+        }
+        Ok(Err(BatchFailure::Retry)) => return singles(fallback, keys, metrics).await,
+        Err(_) => {
+            return keys
+                .into_iter()
+                .map(|key| {
+                    let reason = NoContextReason::KvTimeout {
+                        key,
+                        timeout: fallback.lookup_timeout,
+                    };
+                    fallback.count_read(metrics, false);
+                    Err(reason)
+                })
+                .collect();
+        }
+    };
+    let mut found = found;
+    keys.into_iter()
+        .map(|key| {
+            let subject = format!("{}{}", fallback.store.prefix, key);
+            let result = match found.remove(&subject) {
+                Some(Some(record)) => context_from_record(&record, key),
+                // Deleted or purged: no record, as a single get says.
+                Some(None) | None => Err(NoContextReason::KvNotFound { key }),
+            };
+            fallback.count_read(metrics, result.is_ok());
+            result
+        })
+        .collect()
+}
+
+/// Sends one multi-last request for `keys` and collects the answer: each
+/// found subject with its record, or `None` for a delete or purge marker.
+async fn request(
+    fallback: &KvFallback,
+    jetstream: &jetstream::Context,
+    keys: &[String],
+) -> Result<HashMap<String, Option<Bytes>>, BatchFailure> {
+    let mut subjects: Vec<String> = keys
+        .iter()
+        .map(|key| format!("{}{}", fallback.store.prefix, key))
+        .collect();
+    subjects.sort_unstable();
+    subjects.dedup();
+    let payload = serde_json::to_vec(&serde_json::json!({ "multi_last": subjects }))
+        .map_err(|_| BatchFailure::Retry)?;
+    let client = jetstream.client();
+    let inbox = client.new_inbox();
+    let mut replies = client
+        .subscribe(inbox.clone())
+        .await
+        .map_err(|_| BatchFailure::Retry)?;
+    let request = async_nats::Request::new()
+        .inbox(inbox)
+        .payload(payload.into());
+    jetstream
+        .send_request(
+            format!("DIRECT.GET.{}", fallback.store.stream_name),
+            request,
+        )
+        .await
+        .map_err(|_| BatchFailure::Retry)?;
+    let mut found = HashMap::with_capacity(subjects.len());
+    while let Some(reply) = replies.next().await {
+        if let Some(status) = reply.status {
+            return match status.as_u16() {
+                // End of batch; or nothing at all under these subjects.
+                204 | 404 => Ok(found),
+                // "Empty Request": a server before 2.11 ignored the field.
+                408 if found.is_empty() => Err(BatchFailure::Unsupported),
+                _ => Err(BatchFailure::Retry),
+            };
+        }
+        let Some(headers) = reply.headers.as_ref() else {
+            return Err(BatchFailure::Retry);
+        };
+        // A server that answers a single message without the batch headers
+        // did not read the request as a batch.
+        if headers.get("Nats-Num-Pending").is_none() {
+            return Err(BatchFailure::Unsupported);
+        }
+        let Some(subject) = headers.get(async_nats::header::NATS_SUBJECT) else {
+            return Err(BatchFailure::Retry);
+        };
+        let live = !matches!(
+            headers.get("KV-Operation").map(|v| v.as_str()),
+            Some("DEL" | "PURGE")
+        );
+        found.insert(
+            subject.as_str().to_owned(),
+            live.then(|| reply.payload.clone()),
+        );
+    }
+    // The subscription ended: the connection is closing.
+    Err(BatchFailure::Retry)
+}
