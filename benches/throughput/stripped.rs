@@ -255,13 +255,13 @@ pub(crate) async fn stripped_headers(
     let n = s.kv_messages;
     let specs = [
         (
-            "consume, `messages()`, `.fallback(kv)`: headers stripped (nats_otel column, KV lookups batched by `batch_reads`, kv_lookahead 32 default) vs intact (raw column)",
+            "consume, `messages()`, `.fallback(kv)`: headers stripped (nats_otel column, KV lookups batched by `batch_reads`, kv_lookahead 256 default) vs intact (raw column)",
             ">= 0.5",
             Pull::Messages,
             None,
         ),
         (
-            "consume, `fetch()` batches of 500, `.fallback(kv)`: headers stripped (nats_otel column, KV lookups batched by `batch_reads`, kv_lookahead 32 default) vs intact (raw column)",
+            "consume, `fetch()` batches of 500, `.fallback(kv)`: headers stripped (nats_otel column, KV lookups batched by `batch_reads`, kv_lookahead 256 default) vs intact (raw column)",
             ">= 0.5",
             Pull::Fetch(FETCH_BATCH),
             None,
@@ -308,7 +308,7 @@ pub(crate) async fn stripped_headers(
     }
     if let [default, _, one] = &rows[..] {
         lines.push(format!(
-            "KV fallback consume, messages(), stripped: kv_lookahead 32 (default) / kv_lookahead(1) = {:.2}x (medians of separate rows, not paired)",
+            "KV fallback consume, messages(), stripped: kv_lookahead 256 (default) / kv_lookahead(1) = {:.2}x (medians of separate rows, not paired)",
             median(&default.ours) / median(&one.ours)
         ));
     }
@@ -389,7 +389,7 @@ pub(crate) async fn probe(consumer: &async_nats::Client, s: &Settings) -> Result
         let rate = batched_get_rate(consumer, n, batch).await?;
         lines.push(format!("probe: batched direct get (multi_last), {batch} keys per request, one request at a time: {rate:.0}/s"));
     }
-    for window in [1, 8, 32, 128, 512] {
+    for window in [1, 8, 32, 128, 256, 512] {
         let side = Side::new(&stripped_stream, "bench.stripped.*", &store, &cjs);
         let took = side.consume(Pull::Messages, Some(window), n).await?;
         lines.push(format!(

@@ -23,7 +23,7 @@ use crate::propagation::{ContextSource, ExtractionRecord, NoContextReason};
 
 /// By default, how many messages the adapter holds while KV lookups are in
 /// flight.
-pub(crate) const DEFAULT_WINDOW: usize = 32;
+pub(crate) const DEFAULT_WINDOW: usize = 256;
 
 /// What became of a message's context.
 // Moved once per message; boxing the large variant would cost an
