@@ -8,8 +8,10 @@
 //!
 //! Groups:
 //! - `publish`: one call of the layer (headers built and injected, span
-//!   started and ended) in each span set-up; `hand_written` builds the
-//!   headers with the SDK propagator and makes no span.
+//!   started and ended) in each span set-up; `*_unsampled_parent` publish
+//!   under a parent context that was not sampled (no span is made);
+//!   `hand_written` builds the headers with the SDK propagator and makes no
+//!   span.
 //! - `consume`: one message through `ContextExtractor::extract` (context
 //!   extracted, `process` span started and ended); `hand_written_*` extract
 //!   with the SDK propagator and start the same span by hand.
@@ -70,15 +72,28 @@ fn config() -> Criterion {
 fn publish(c: &mut Criterion) {
     let (unsampled, sampled) = (provider(false), provider(true));
     let mut g = c.benchmark_group("publish");
-    let call = |layer: TracePropagationLayer, d: Dispatch| {
+    // A request handler's context that was not sampled (1-10 % sampling:
+    // most messages).
+    let unsampled_parent = Context::new().with_remote_span_context(SpanContext::new(
+        TraceId::from(0x0af7651916cd43dd8448eb211c80319c),
+        SpanId::from(0xb7ad6b7169203331),
+        TraceFlags::default(),
+        false,
+        TraceState::NONE,
+    ));
+    let call_in = |layer: TracePropagationLayer, d: Dispatch, parent: Option<Context>| {
         let mut svc = layer.layer(Discard);
         move || {
             tracing::dispatcher::with_default(&d, || {
-                let publish = Publish::new("bench.core", "payload");
+                let mut publish = Publish::new("bench.core", "payload");
+                if let Some(parent) = &parent {
+                    publish = publish.context(parent.clone());
+                }
                 black_box(svc.call(publish).now_or_never())
             })
         }
     };
+    let call = |layer, d| call_in(layer, d, None);
     let mut f = call(TracePropagationLayer::new(), dispatch(&unsampled));
     g.bench_function("tracing_span_unsampled", |b| b.iter(&mut f));
     let mut f = call(TracePropagationLayer::new(), dispatch(&sampled));
@@ -98,6 +113,36 @@ fn publish(c: &mut Criterion) {
         dispatch(&unsampled),
     );
     g.bench_function("no_span", |b| b.iter(&mut f));
+    let mut f = call_in(
+        TracePropagationLayer::new(),
+        dispatch(&unsampled),
+        Some(unsampled_parent.clone()),
+    );
+    g.bench_function("tracing_span_unsampled_parent", |b| b.iter(&mut f));
+    let mut f = call_in(
+        TracePropagationLayer::new().tracer(unsampled.tracer("nats-otel")),
+        dispatch(&unsampled),
+        Some(unsampled_parent.clone()),
+    );
+    g.bench_function("tracer_unsampled_parent", |b| b.iter(&mut f));
+    let mut f = call_in(
+        TracePropagationLayer::new().producer_spans(false),
+        dispatch(&unsampled),
+        Some(unsampled_parent.clone()),
+    );
+    g.bench_function("no_span_parent", |b| b.iter(&mut f));
+    // What the throughput benchmark's raw column does per message: the
+    // same header block, cloned.
+    let mut prebuilt = HeaderMap::new();
+    prebuilt.insert("traceparent", TRACEPARENT);
+    prebuilt.insert("Traceparent", TRACEPARENT);
+    let mut discard = Discard;
+    g.bench_function("raw_cloned_headers", |b| {
+        b.iter(|| {
+            let publish = Publish::new("bench.core", "payload").with_headers(prebuilt.clone());
+            black_box(discard.call(publish).now_or_never())
+        })
+    });
     let sdk = TraceContextPropagator::new();
     let cx = Context::new().with_remote_span_context(SpanContext::new(
         TraceId::from(0x0af7651916cd43dd8448eb211c80319c),

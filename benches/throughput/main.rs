@@ -23,7 +23,7 @@
 //! | `NATS_OTEL_BENCH_STORAGE` | `file` | storage of the benchmark's streams and KV bucket, `file` (JetStream's default) or `memory` |
 //! | `NATS_OTEL_BENCH_WORKERS` | 0 | worker threads of the client's runtime; 0 runs everything, the client's connection task included, on one thread (every nanosecond the layer adds shows); with workers, the connection task runs beside the publishing loop |
 //! | `NATS_OTEL_BENCH_STRIPPED_PROBE` | (off) | `1`: after the `stripped` rows, print where a stripped consume's time goes: raw `kv.get` rates by lookups in flight, batched direct gets (`multi_last`), the adapter by `kv_lookahead` (single runs, not paired) |
-//! | `NATS_OTEL_BENCH_ONLY` | (all) | comma-separated subset: `core`, `core_sampled`, `core_tracer`, `core_tracer_sampled`, `core_nospans`, `core_names`, `js`, `js_tracer`, `consume`, `consume_tracer`, `kv`, `stripped` (consume with the KV fallback, headers stripped vs intact: `messages()`, `fetch()`, `messages()` with `kv_lookahead(1)`), `hops` (core publish with sampled spans, `server_hops(bridge.publish_settings(), ratio)` with a running `ServerHops` bridge on its own connection vs no server hops, at ratio 1.0 and 0.1, then the bridge's stats; `NATS_OTEL_BENCH_MESSAGES` per run), `rss` |
+//! | `NATS_OTEL_BENCH_ONLY` | (all) | comma-separated subset: `core`, `core_sampled`, `core_tracer`, `core_tracer_sampled`, `core_nospans`, `core_hand_written`, `core_hand_written_sampled`, `core_names`, `js`, `js_tracer`, `consume`, `consume_tracer`, `kv`, `stripped` (consume with the KV fallback, headers stripped vs intact: `messages()`, `fetch()`, `messages()` with `kv_lookahead(1)`), `hops` (core publish with sampled spans, `server_hops(bridge.publish_settings(), ratio)` with a running `ServerHops` bridge on its own connection vs no server hops, at ratio 1.0 and 0.1, then the bridge's stats; `NATS_OTEL_BENCH_MESSAGES` per run), `rss` |
 //!
 //! Under `cargo test --benches` (no `--bench` argument) it does nothing.
 
@@ -205,44 +205,74 @@ fn main() -> Result<()> {
     let run = |key: &str| only.is_empty() || only.split(',').any(|k| k.trim() == key);
     let mut rows = Vec::new();
     let tracer = || Some(unsampled_provider.tracer("nats-otel"));
+    // Every core row publishes in a caller's context (a request handler's),
+    // sampled or not; the raw column sends the same header bytes.
     let core_rows = [
         (
             "core",
             &unsampled,
             Producer::Spans,
-            "core publish (spans unsampled)",
-            ">= 0.95",
+            false,
+            Baseline::Raw,
+            "core publish, `tracing` spans, caller's context not sampled (no span is made)",
+            ">= 0.80",
         ),
         (
             "core_sampled",
             &sampled,
             Producer::Spans,
-            "core publish (spans sampled, batch exporter to a no-op exporter)",
-            ">= 0.80",
+            true,
+            Baseline::Raw,
+            "core publish, `tracing` spans, sampled (batch exporter to a no-op exporter)",
+            "(cost of a sampled span)",
         ),
         (
             "core_tracer",
             &unsampled,
             Producer::TracerSpans(unsampled_provider.tracer("nats-otel")),
-            "core publish, `.tracer(...)` (spans unsampled)",
-            ">= 0.95",
+            false,
+            Baseline::Raw,
+            "core publish, `.tracer(...)`, caller's context not sampled (no span is made)",
+            ">= 0.80",
         ),
         (
             "core_tracer_sampled",
             &sampled,
             Producer::TracerSpans(sampled_provider.tracer("nats-otel")),
-            "core publish, `.tracer(...)` (spans sampled, batch exporter to a no-op exporter)",
-            ">= 0.80",
+            true,
+            Baseline::Raw,
+            "core publish, `.tracer(...)`, sampled (batch exporter to a no-op exporter)",
+            "(cost of a sampled span)",
         ),
         (
             "core_nospans",
             &unsampled,
             Producer::NoSpans(HeaderNames::Both),
+            false,
+            Baseline::Raw,
             "core publish, producer_spans(false): inject the caller's context only",
-            "(floor of the layer)",
+            ">= 0.85",
+        ),
+        (
+            "core_hand_written",
+            &unsampled,
+            Producer::Spans,
+            false,
+            Baseline::HandWritten,
+            "core publish, `tracing` spans, caller's context not sampled: the layer vs hand-written (`tracing` span, SDK propagator into a `HeaderMap`, `publish_with_headers`) in the raw column",
+            ">= 1.5",
+        ),
+        (
+            "core_hand_written_sampled",
+            &sampled,
+            Producer::Spans,
+            true,
+            Baseline::HandWritten,
+            "core publish, `tracing` spans, sampled: the layer vs hand-written in the raw column",
+            "(informational)",
         ),
     ];
-    for (key, dispatch, producer, name, target) in core_rows {
+    for (key, dispatch, producer, sampled, baseline, name, target) in core_rows {
         if run(key) {
             let row = core_publish(
                 &publisher,
@@ -250,7 +280,8 @@ fn main() -> Result<()> {
                 &s,
                 &payload,
                 producer,
-                None,
+                baseline,
+                caller_context(sampled),
                 (name, target),
             );
             rows.push(with_dispatch(dispatch, &rt, row)?);
@@ -265,7 +296,8 @@ fn main() -> Result<()> {
             &s,
             &payload,
             Producer::NoSpans(HeaderNames::Both),
-            Some(Producer::NoSpans(HeaderNames::Lowercase)),
+            Baseline::Layer(Producer::NoSpans(HeaderNames::Lowercase)),
+            caller_context(false),
             (
                 "core publish, producer_spans(false): HeaderNames::Both (default) vs Lowercase (the raw column)",
                 "(cost of the default names)",

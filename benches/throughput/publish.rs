@@ -69,45 +69,88 @@ pub(crate) fn header_bytes(names: HeaderNames, full: bool) -> usize {
     "NATS/1.0\r\n".len() + fields + 2
 }
 
+/// What a core publish row compares the layer with.
+pub(crate) enum Baseline {
+    /// `publish_with_headers` with the same header bytes, prebuilt.
+    Raw,
+    /// The layer set up otherwise.
+    Layer(Producer),
+    /// What one writes without the crate: a `tracing` PRODUCER span under
+    /// the caller's context, the SDK propagator into a fresh `HeaderMap`,
+    /// `publish_with_headers`.
+    HandWritten,
+}
+
+/// The caller's context every message is published in: what a traced
+/// request handler holds, sampled or not (with 1-10 % sampling, most are
+/// not).
+pub(crate) fn caller_context(sampled: bool) -> opentelemetry::Context {
+    use opentelemetry::trace::TraceFlags;
+    opentelemetry::Context::new().with_remote_span_context(opentelemetry::trace::SpanContext::new(
+        opentelemetry::trace::TraceId::from(0x0af7651916cd43dd8448eb211c80319c),
+        opentelemetry::trace::SpanId::from(0xb7ad6b7169203331),
+        if sampled {
+            TraceFlags::SAMPLED
+        } else {
+            TraceFlags::default()
+        },
+        false,
+        opentelemetry::trace::TraceState::NONE,
+    ))
+}
+
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn core_publish(
     client: &async_nats::Client,
     barrier: &tokio::sync::Mutex<Barrier>,
     s: &Settings,
     payload: &Bytes,
     producer: Producer,
-    baseline: Option<Producer>,
+    baseline: Baseline,
+    parent: opentelemetry::Context,
     (name, target): (&'static str, &'static str),
 ) -> Result<Row> {
     let subject = Subject::from("bench.core");
     let headers = raw_headers(None);
     let n = s.messages;
-    // The caller's context, for `Producer::NoSpans`: what a traced request
-    // handler would hold.
-    let parent = opentelemetry::Context::new().with_remote_span_context(
-        opentelemetry::trace::SpanContext::new(
-            opentelemetry::trace::TraceId::from(0x0af7651916cd43dd8448eb211c80319c),
-            opentelemetry::trace::SpanId::from(0xb7ad6b7169203331),
-            opentelemetry::trace::TraceFlags::default(),
-            false,
-            opentelemetry::trace::TraceState::NONE,
-        ),
-    );
     let through_layer = |producer: &Producer| {
         let mut svc = producer.layer().layer(CorePublisher::new(client.clone()));
-        let no_spans = matches!(producer, Producer::NoSpans(_));
         let (subject, parent) = (&subject, &parent);
         async move {
             let start = Instant::now();
             for _ in 0..n {
-                let mut publish = Publish::new(subject.clone(), payload.clone());
-                if no_spans {
-                    publish = publish.context(parent.clone());
-                }
+                let publish =
+                    Publish::new(subject.clone(), payload.clone()).context(parent.clone());
                 svc.ready().await?.call(publish).await?;
             }
             barrier.lock().await.wait(client).await?;
             Ok(start.elapsed())
         }
+    };
+    let hand_written = || async {
+        use opentelemetry::propagation::TextMapPropagator;
+        use tracing_opentelemetry::OpenTelemetrySpanExt;
+        let propagator = TraceContextPropagator::new();
+        let start = Instant::now();
+        for _ in 0..n {
+            let span = tracing::info_span!(
+                "publish",
+                otel.name = "publish bench.core",
+                otel.kind = "producer",
+                messaging.system = "nats",
+                messaging.destination.name = subject.as_str(),
+                messaging.operation.type = "send",
+                messaging.operation.name = "publish",
+            );
+            let _ = span.set_parent(parent.clone());
+            let mut headers = HeaderMap::new();
+            propagator.inject_context(&span.context(), &mut sdk::PlainInjector(&mut headers));
+            client
+                .publish_with_headers(subject.clone(), headers, payload.clone())
+                .await?;
+        }
+        barrier.lock().await.wait(client).await?;
+        Ok(start.elapsed())
     };
     pair(
         name,
@@ -116,8 +159,10 @@ pub(crate) async fn core_publish(
         n,
         || through_layer(&producer),
         || async {
-            if let Some(baseline) = &baseline {
-                return through_layer(baseline).await;
+            match &baseline {
+                Baseline::Raw => {}
+                Baseline::Layer(baseline) => return through_layer(baseline).await,
+                Baseline::HandWritten => return hand_written().await,
             }
             let start = Instant::now();
             for _ in 0..n {

@@ -58,7 +58,10 @@ fn delivered(
     meta: &MessageMeta<'_>,
     destination: &Destination<'_>,
     options: &ProcessOptions,
-) -> ProcessTimer {
+) -> Option<ProcessTimer> {
+    if !options.metrics.enabled() {
+        return None;
+    }
     let consumer = meta.jetstream.as_ref().map(|js| js.consumer);
     let attributes = MessagingAttributes::new(
         "process",
@@ -69,11 +72,11 @@ fn delivered(
     )
     .consumer(consumer);
     options.metrics.consumed(&attributes);
-    ProcessTimer {
+    Some(ProcessTimer {
         metrics: options.metrics.clone(),
         start: Instant::now(),
         attributes,
-    }
+    })
 }
 
 impl Consumed {
@@ -203,7 +206,7 @@ pub(crate) fn process_context(
             options.warnings.warn(subject, reason);
         }
         let mut consumed = Consumed::record(record);
-        consumed.timer = Some(timer);
+        consumed.timer = timer;
         return remote.with_value(consumed);
     }
     let span_name = match &options.span_name {
@@ -257,7 +260,7 @@ pub(crate) fn process_context(
         span,
         tracer,
         templates: Some(options.templates.clone()),
-        timer: Some(timer),
+        timer,
     })
 }
 

@@ -62,7 +62,7 @@ pub(super) fn prepare<R: PublishMessage>(
         Some(Err(error)) => {
             let error = write_failed(fallback, metrics, key, error.to_string());
             if fallback.on_write_failure == WritePolicy::Required {
-                return Write::Failed(error);
+                return Write::Failed(Box::new(error));
             }
             best_effort_failure(span, &error);
             return Write::None;

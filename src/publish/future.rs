@@ -21,7 +21,7 @@ pub(crate) enum Write {
     None,
     /// A required write that failed before it was sent.
     #[cfg_attr(not(feature = "kv"), allow(dead_code))]
-    Failed(KvWriteError),
+    Failed(Box<KvWriteError>),
     /// A required write: the publish is polled only once it is acked.
     #[cfg_attr(not(feature = "kv"), allow(dead_code))]
     Before(PutFuture),
@@ -54,7 +54,8 @@ pin_project! {
         entered: bool,
         write: Write,
         published: Option<F::Output>,
-        measured: Option<Measured>,
+        // Boxed: only with metrics on, and it keeps the future small.
+        measured: Option<Box<Measured>>,
     }
 }
 
@@ -103,16 +104,19 @@ impl<F: Future> ResponseFuture<F> {
 
     /// Records the sent message and the publish's duration when it
     /// completes.
+    /// Records the publish in `metrics` when it completes, if `measured`
+    /// holds its start and attributes (`None` when metrics are off).
     pub(crate) fn measured(
         mut self,
-        metrics: Metrics,
-        start: Instant,
-        attributes: MessagingAttributes,
+        metrics: &Metrics,
+        measured: Option<(Instant, MessagingAttributes)>,
     ) -> Self {
-        self.measured = Some(Measured {
-            metrics,
-            start,
-            attributes,
+        self.measured = measured.map(|(start, attributes)| {
+            Box::new(Measured {
+                metrics: metrics.clone(),
+                start,
+                attributes,
+            })
         });
         self
     }
@@ -142,7 +146,7 @@ where
                 let Write::Failed(error) = std::mem::replace(this.write, Write::Done) else {
                     unreachable!("matched above")
                 };
-                return Poll::Ready(Err(finish_kv_failure(this.span, error)));
+                return Poll::Ready(Err(finish_kv_failure(this.span, *error)));
             }
             Write::Before(put) => match put.as_mut().poll(cx) {
                 Poll::Pending => return Poll::Pending,
@@ -183,7 +187,7 @@ where
                 metrics,
                 start,
                 attributes,
-            } = measured;
+            } = *measured;
             metrics.sent(start, &attributes, error_type.as_deref());
         }
         if let Some(mut span) = this.span.take() {
@@ -342,7 +346,7 @@ mod tests {
     #[test]
     fn a_failed_required_write_never_polls_the_publish() {
         for write in [
-            Write::Failed(failed_write()),
+            Write::Failed(Box::new(failed_write())),
             Write::Before(Box::pin(std::future::ready(Err(failed_write())))),
         ] {
             let log = Log::default();

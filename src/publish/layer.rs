@@ -89,6 +89,8 @@ pub struct TracePropagationLayer {
     pub(crate) propagator: PropagatorChoice,
     pub(crate) span_name: Option<SpanNameFn>,
     pub(crate) spans_disabled: bool,
+    /// Whether a publish under an unsampled parent still gets a span.
+    pub(crate) unsampled_spans: bool,
     pub(crate) skip: SubjectFilter,
     pub(crate) templates: SubjectTemplates,
     pub(crate) capture_headers: Arc<[String]>,
@@ -112,6 +114,7 @@ impl fmt::Debug for TracePropagationLayer {
             .field("propagator", &self.propagator)
             .field("custom_span_name", &self.span_name.is_some())
             .field("producer_spans", &!self.spans_disabled)
+            .field("unsampled_producer_spans", &self.unsampled_spans)
             .field("skip", &self.skip)
             .field("templates", &self.templates)
             .field("capture_headers", &self.capture_headers)
@@ -191,6 +194,44 @@ impl TracePropagationLayer {
     /// By default, `true`.
     pub fn producer_spans(mut self, enabled: bool) -> Self {
         self.spans_disabled = !enabled;
+        self
+    }
+
+    /// Whether a publish whose parent context is valid but **not sampled**
+    /// still starts a PRODUCER span.
+    ///
+    /// By default, `false`: such a publish makes no span at all. It injects
+    /// a `traceparent` with the parent's trace id, a new random span id and
+    /// the unsampled flag (and the parent's `tracestate` and baggage) — what
+    /// the span would have carried — at about the cost of
+    /// [`producer_spans(false)`](Self::producer_spans). With a parent-based
+    /// sampler (the SDK's default, `ParentBased(AlwaysOn)`, and any
+    /// `ParentBased(..)` whose "parent not sampled" choices are `AlwaysOff`,
+    /// their default) nothing exported changes: that span would not have
+    /// been sampled either. What does change:
+    ///
+    /// - a sampler that may sample a child of an unsampled parent (not
+    ///   parent-based, or `ParentBased` with a different
+    ///   `remote_parent_not_sampled` / `local_parent_not_sampled`) gets no
+    ///   span to sample: turn this on;
+    /// - with `tracing` spans, no `publish` span exists in `tracing` either,
+    ///   so log lines emitted during the publish (and inner layers' spans
+    ///   with [`instrument_inner`](Self::instrument_inner)) are not inside
+    ///   one;
+    /// - span processors see no unsampled span start and end.
+    ///
+    /// A publish without a valid parent, or under a sampled one, is not
+    /// affected.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// // A custom sampler that samples some children of unsampled parents.
+    /// let layer = nats_otel::TracePropagationLayer::new().unsampled_producer_spans(true);
+    /// # let _ = layer;
+    /// ```
+    pub fn unsampled_producer_spans(mut self, enabled: bool) -> Self {
+        self.unsampled_spans = enabled;
         self
     }
 

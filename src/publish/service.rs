@@ -2,8 +2,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context as TaskContext, Poll};
 use std::time::Instant;
 
-use opentelemetry::trace::TraceContextExt;
-use opentelemetry::KeyValue;
+use opentelemetry::trace::{SpanContext, TraceContextExt, TraceFlags};
+use opentelemetry::{Context, KeyValue};
+use opentelemetry_sdk::trace::{IdGenerator, RandomIdGenerator};
 use tower_service::Service;
 
 use super::error::Error;
@@ -14,7 +15,7 @@ use crate::propagation::TRACEPARENT;
 use crate::propagation::{find_header, HeaderInjector};
 use crate::telemetry::captured_headers;
 use crate::telemetry::{caller_context, MessagingAttributes};
-use crate::telemetry::{MessagingSpan, Operation, OperationType, Parent};
+use crate::telemetry::{MessagingSpan, Operation, OperationType, Parent, SpanTracer};
 use opentelemetry_semantic_conventions::attribute as semconv;
 
 /// The NATS header JetStream uses for de-duplication; recorded as the
@@ -117,37 +118,61 @@ where
             layer.metrics.skipped("publish");
             return ResponseFuture::new(self.inner.call(request), MessagingSpan::None);
         }
-        let start = Instant::now();
         let explicit = request.parent_context().cloned();
         let subject = request.subject();
-        let destination = layer.templates.resolve(subject);
-        let measured = MessagingAttributes::new(
-            "publish",
-            "send",
-            subject,
-            destination.template.as_deref(),
-            destination.temporary,
-        );
+        // The parent, read now when an unsampled one means no span.
+        let parent = (!layer.spans_disabled && !layer.unsampled_spans)
+            .then(|| explicit.clone().unwrap_or_else(caller_context));
+        let unsampled = parent.as_ref().and_then(unsampled_child);
+        let spans = !layer.spans_disabled && unsampled.is_none();
+        // The template names the span and goes on the metrics: resolved
+        // only when one of them is due.
+        let destination =
+            (spans || layer.metrics.enabled()).then(|| layer.templates.resolve(subject));
+        let measured = match &destination {
+            Some(destination) if layer.metrics.enabled() => {
+                let attributes = MessagingAttributes::new(
+                    "publish",
+                    "send",
+                    subject,
+                    destination.template.as_deref(),
+                    destination.temporary,
+                );
+                Some((Instant::now(), attributes))
+            }
+            _ => None,
+        };
         // The span, and the context to inject: a `tracing` span's own, or
-        // the parent of a tracer span, whose context is injected over it.
-        let (mut span, cx) = if layer.spans_disabled {
-            (MessagingSpan::None, explicit.unwrap_or_else(caller_context))
-        } else {
-            let operation = Operation {
-                kind: OperationType::Send,
-                name: "publish",
-                destination: Some(subject),
-                template: destination.template.as_deref(),
-                temporary: destination.temporary,
-                span_name: match &layer.span_name {
-                    Some(f) => f(subject),
-                    None => destination.span_name("publish", subject),
-                }
-                .into(),
-            };
-            operation.start_with(&layer.tracer, Parent::Caller(explicit), || {
-                recorded_attributes(&request, layer)
-            })
+        // the parent of a tracer span, whose context is injected over it;
+        // under an unsampled parent, no span but its would-be context.
+        let (mut span, cx) = match destination.filter(|_| spans) {
+            None => (
+                MessagingSpan::None,
+                parent.or(explicit).unwrap_or_else(caller_context),
+            ),
+            Some(destination) => {
+                let operation = Operation {
+                    kind: OperationType::Send,
+                    name: "publish",
+                    destination: Some(subject),
+                    template: destination.template.as_deref(),
+                    temporary: destination.temporary,
+                    span_name: match &layer.span_name {
+                        Some(f) => f(subject),
+                        None => destination.span_name("publish", subject),
+                    }
+                    .into(),
+                };
+                // A tracer span's parent was read above; a `tracing` span's is
+                // tracing-opentelemetry's choice unless explicit.
+                let parent = match (&layer.tracer, parent) {
+                    (SpanTracer::Tracing, _) | (_, None) => Parent::Caller(explicit),
+                    (_, Some(parent)) => Parent::Caller(Some(parent)),
+                };
+                operation.start_with(&layer.tracer, parent, || {
+                    recorded_attributes(&request, layer)
+                })
+            }
         };
 
         let caller_set_traceparent = request
@@ -159,7 +184,8 @@ where
             let (valid, skipped) = {
                 let mut injector =
                     HeaderInjector::new(request.headers_mut()).header_names(layer.header_names);
-                let valid = match span.span_context().filter(|sc| sc.is_valid()) {
+                let own = span.span_context().or(unsampled.as_ref());
+                let valid = match own.filter(|sc| sc.is_valid()) {
                     Some(sc) => {
                         layer.propagator.inject_span(sc, &cx, &mut injector);
                         true
@@ -222,8 +248,26 @@ where
         ResponseFuture::new(future, span)
             .entered_on_poll(instrument)
             .with_write(write)
-            .measured(layer.metrics.clone(), start, measured)
+            .measured(&layer.metrics, measured)
     }
+}
+
+/// When `parent` is valid and not sampled, the span context a PRODUCER
+/// span under it would have had: the same trace id and trace state, a new
+/// span id, not sampled. `None` when a span is due.
+fn unsampled_child(parent: &Context) -> Option<SpanContext> {
+    let span = parent.span();
+    let sc = span.span_context();
+    if !sc.is_valid() || sc.is_sampled() {
+        return None;
+    }
+    Some(SpanContext::new(
+        sc.trace_id(),
+        RandomIdGenerator::default().new_span_id(),
+        TraceFlags::default(),
+        false,
+        sc.trace_state().clone(),
+    ))
 }
 
 /// The PRODUCER span's attributes that are set only on a recorded span: the
@@ -262,7 +306,8 @@ fn within_ratio(span_context: &opentelemetry::trace::SpanContext, ratio: f64) ->
 
 /// Once per layer (its clones and services share the flag).
 fn warn_invalid_context_once(warned: &AtomicBool, subject: &str) {
-    if !warned.swap(true, Ordering::Relaxed) {
+    // A plain load first: after the first time, no write per message.
+    if !warned.load(Ordering::Relaxed) && !warned.swap(true, Ordering::Relaxed) {
         tracing::warn!(
             target: "nats_otel",
             subject,

@@ -7,6 +7,11 @@
 //! `nats-otel`) at the moment it is built: set your global meter provider
 //! before building them.
 //!
+//! With OpenTelemetry's no-op meter provider (the global one until an
+//! application sets its own), nothing is measured: no clock is read and no
+//! attribute is built per message. The no-op provider is recognised by its
+//! size (it has no state to record with).
+//!
 //! | instrument | kind, unit | attributes | measures |
 //! |---|---|---|---|
 //! | `messaging.client.sent.messages` | counter, `{message}` | [standard](MessagingAttributes) | messages the publish layer sent (acked or failed) |
@@ -36,9 +41,10 @@ const DURATION_BOUNDARIES: [f64; 14] = [
     0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
 ];
 
-/// The crate's instruments; cloning shares them.
+/// The crate's instruments, or none when the meter provider records
+/// nothing; cloning shares them.
 #[derive(Clone, Debug)]
-pub(crate) struct Metrics(Arc<Instruments>);
+pub(crate) struct Metrics(Option<Arc<Instruments>>);
 
 #[derive(Debug)]
 struct Instruments {
@@ -55,7 +61,7 @@ struct Instruments {
 impl Default for Metrics {
     /// The instruments of the global meter provider.
     fn default() -> Self {
-        Self::new(&global::meter(METER))
+        Self::from_provider(&*global::meter_provider())
     }
 }
 
@@ -152,7 +158,18 @@ impl MessagingAttributes {
 impl Metrics {
     /// The instruments of `provider`.
     pub(crate) fn from_provider<P: MeterProvider + ?Sized>(provider: &P) -> Self {
+        // OpenTelemetry's `NoopMeterProvider` is the only provider without
+        // state: a provider that records has somewhere to send to.
+        if std::mem::size_of_val(provider) == 0 {
+            return Self(None);
+        }
         Self::new(&provider.meter(METER))
+    }
+
+    /// Whether anything is recorded: when not, callers skip reading the
+    /// clock and building attributes.
+    pub(crate) fn enabled(&self) -> bool {
+        self.0.is_some()
     }
 
     fn new(meter: &Meter) -> Self {
@@ -164,7 +181,7 @@ impl Metrics {
                 .with_boundaries(DURATION_BOUNDARIES.to_vec())
                 .build()
         };
-        Self(Arc::new(Instruments {
+        Self(Some(Arc::new(Instruments {
             injected: meter
                 .u64_counter("nats_otel.inject.messages")
                 .with_description("Messages through the publish layer, by outcome")
@@ -199,31 +216,34 @@ impl Metrics {
                 names::MESSAGING_PROCESS_DURATION,
                 "Duration of processing operation.",
             ),
-        }))
+        })))
     }
 
     pub(crate) fn injected(&self, outcome: &'static str) {
-        self.0.injected.add(1, &[KeyValue::new("outcome", outcome)]);
+        let Some(i) = &self.0 else { return };
+        i.injected.add(1, &[KeyValue::new("outcome", outcome)]);
     }
 
     pub(crate) fn extracted(&self, record: &ExtractionRecord) {
+        let Some(i) = &self.0 else { return };
         let source = KeyValue::new("source", record.source().as_str());
         match record.reason() {
-            Some(reason) => self
-                .0
+            Some(reason) => i
                 .extracted
                 .add(1, &[source, KeyValue::new("reason", reason.as_str())]),
-            None => self.0.extracted.add(1, &[source]),
+            None => i.extracted.add(1, &[source]),
         }
     }
 
     pub(crate) fn skipped(&self, side: &'static str) {
-        self.0.skipped.add(1, &[KeyValue::new("side", side)]);
+        let Some(i) = &self.0 else { return };
+        i.skipped.add(1, &[KeyValue::new("side", side)]);
     }
 
     #[cfg_attr(not(feature = "kv"), allow(dead_code))]
     pub(crate) fn kv(&self, operation: &'static str, ok: bool) {
-        self.0.kv.add(
+        let Some(i) = &self.0 else { return };
+        i.kv.add(
             1,
             &[
                 KeyValue::new("operation", operation),
@@ -240,16 +260,17 @@ impl Metrics {
         attributes: &MessagingAttributes,
         error: Option<&str>,
     ) {
+        let Some(i) = &self.0 else { return };
         let attributes = attributes.with_error(error);
-        self.0.sent.add(1, &attributes);
-        self.0
-            .operation_duration
+        i.sent.add(1, &attributes);
+        i.operation_duration
             .record(start.elapsed().as_secs_f64(), &attributes);
     }
 
     /// One message delivered to the application.
     pub(crate) fn consumed(&self, attributes: &MessagingAttributes) {
-        self.0.consumed.add(1, &attributes.attributes);
+        let Some(i) = &self.0 else { return };
+        i.consumed.add(1, &attributes.attributes);
     }
 
     /// A client operation other than a publish (a batch's receive, a
@@ -261,15 +282,41 @@ impl Metrics {
         attributes: &MessagingAttributes,
         error: Option<&str>,
     ) {
-        self.0
-            .operation_duration
+        let Some(i) = &self.0 else { return };
+        i.operation_duration
             .record(start.elapsed().as_secs_f64(), &attributes.with_error(error));
     }
 
     /// A `process` operation that started at `start` and ends now.
     pub(crate) fn processed(&self, start: Instant, attributes: &MessagingAttributes) {
-        self.0
-            .process_duration
+        let Some(i) = &self.0 else { return };
+        i.process_duration
             .record(start.elapsed().as_secs_f64(), &attributes.attributes);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use opentelemetry::metrics::noop::NoopMeterProvider;
+    use opentelemetry_sdk::metrics::{InMemoryMetricExporter, PeriodicReader, SdkMeterProvider};
+
+    use super::*;
+
+    #[test]
+    fn the_noop_provider_turns_measuring_off() {
+        assert!(!Metrics::from_provider(&NoopMeterProvider::new()).enabled());
+        // The global provider, until an application sets one.
+        assert!(!Metrics::default().enabled());
+        let exporter = InMemoryMetricExporter::default();
+        let provider = SdkMeterProvider::builder()
+            .with_reader(PeriodicReader::builder(exporter.clone()).build())
+            .build();
+        let metrics = Metrics::from_provider(&provider);
+        assert!(metrics.enabled());
+        metrics.injected("injected");
+        provider.force_flush().unwrap();
+        assert!(!exporter.get_finished_metrics().unwrap().is_empty());
+        // A disabled set records nothing and does not panic.
+        Metrics::from_provider(&NoopMeterProvider::new()).injected("injected");
     }
 }

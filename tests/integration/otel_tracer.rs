@@ -526,3 +526,98 @@ async fn receive_span_comes_from_the_adapters_tracer() {
     assert_attribute(&receive, "messaging.destination.name", "JOBS");
     assert_receive_links(&telemetry, &receive, &subjects);
 }
+
+/// A parent context that was not sampled (what most requests carry with
+/// 1-10 % sampling).
+fn unsampled_parent() -> opentelemetry::Context {
+    use opentelemetry::trace::{SpanContext, SpanId, TraceFlags, TraceId, TraceState};
+    opentelemetry::Context::new().with_remote_span_context(SpanContext::new(
+        TraceId::from(0x0af7651916cd43dd8448eb211c80319c),
+        SpanId::from(0xb7ad6b7169203331),
+        TraceFlags::default(),
+        true,
+        TraceState::from_key_value([("vendor", "v1")]).unwrap(),
+    ))
+}
+
+/// Under an unsampled parent the layer makes no span (by default), but the
+/// message still carries the trace: the parent's trace id and tracestate, a
+/// new span id, the unsampled flag. With `unsampled_producer_spans(true)`, a
+/// sampler that samples children of unsampled parents gets its span. Both
+/// with a tracer and with `tracing` spans.
+#[tokio::test]
+async fn unsampled_parent_makes_no_span_but_carries_the_trace() {
+    // Not parent-based: it would sample a child of an unsampled parent.
+    let telemetry = Telemetry::install_sampled(Sampler::AlwaysOn);
+    let server = NatsServer::start();
+    let client = connect(&server).await;
+    let parent = unsampled_parent();
+    let parent_trace = "0af7651916cd43dd8448eb211c80319c";
+
+    let layers = [
+        (
+            "tracer",
+            TracePropagationLayer::new().tracer(telemetry.tracer()),
+        ),
+        ("tracing", TracePropagationLayer::new()),
+    ];
+    let mut span_ids = Vec::new();
+    for (how, layer) in layers {
+        for unsampled_spans in [false, true] {
+            let mut publisher = layer
+                .clone()
+                .unsampled_producer_spans(unsampled_spans)
+                .layer(CorePublisher::new(client.clone()));
+            let subject = format!("jobs.unsampled.{how}.{unsampled_spans}");
+            let message = {
+                let mut raw = client.subscribe(subject.clone()).await.unwrap();
+                client.flush().await.unwrap();
+                let publish = Publish::new(subject.clone(), "x").context(parent.clone());
+                crate::support::nats::publish(&mut publisher, publish).await;
+                next(&mut raw).await
+            };
+            let headers = message.headers.as_ref().expect("headers");
+            let traceparent = headers.get("traceparent").expect("traceparent").as_str();
+            let parts: Vec<&str> = traceparent.split('-').collect();
+            assert_eq!(parts[1], parent_trace, "{how}: the parent's trace");
+            assert_ne!(parts[2], "b7ad6b7169203331", "{how}: a span id of its own");
+            assert_ne!(parts[2], "0000000000000000", "{how}: a valid span id");
+            assert_eq!(
+                headers.get("Traceparent").map(|v| v.as_str()),
+                Some(traceparent),
+                "{how}: under both names"
+            );
+            assert_eq!(
+                headers.get("tracestate").map(|v| v.as_str()),
+                Some("vendor=v1"),
+                "{how}: the parent's tracestate"
+            );
+            let producer: Vec<_> = telemetry
+                .spans()
+                .into_iter()
+                .filter(|s| s.span_kind == SpanKind::Producer && s.name.contains(how))
+                .collect();
+            if unsampled_spans {
+                assert_eq!(parts[3], "01", "{how}: AlwaysOn sampled the span");
+                assert_eq!(producer.len(), 1, "{how}: the span was made");
+                assert_eq!(
+                    producer[0].span_context.span_id().to_string(),
+                    parts[2],
+                    "{how}: the span is what was injected"
+                );
+                assert_eq!(
+                    producer[0].parent_span_id.to_string(),
+                    "b7ad6b7169203331",
+                    "{how}: under the unsampled parent"
+                );
+            } else {
+                assert_eq!(parts[3], "00", "{how}: not sampled");
+                assert!(producer.is_empty(), "{how}: no span made: {producer:?}");
+            }
+            span_ids.push(parts[2].to_owned());
+        }
+    }
+    span_ids.sort();
+    span_ids.dedup();
+    assert_eq!(span_ids.len(), 4, "a new span id per message");
+}
