@@ -202,7 +202,7 @@ impl KvFallback {
     /// an older server, or when a batch fails, the keys are read one by one
     /// with the same timeout and failure reasons, so turning this on never
     /// changes an outcome, only the number of round trips. A single lookup
-    /// ([`ContextExtractor::extract_or_lookup`](crate::ContextExtractor::extract_or_lookup))
+    /// ([`ContextExtractor::extract_or_lookup`](crate::consume::ContextExtractor::extract_or_lookup))
     /// is one read either way.
     pub fn batch_reads(mut self, jetstream: jetstream::Context) -> Self {
         self.jetstream = Some(jetstream);
