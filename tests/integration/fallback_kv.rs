@@ -919,7 +919,12 @@ async fn batched_reads_recover_a_window_in_few_requests_with_per_message_outcome
             "{batched} batched requests for {MESSAGES} messages"
         );
     } else {
-        assert_eq!(batched, 1, "asked once, then not again");
+        // Batches already in flight when the first refusal comes back
+        // are refused too; none is sent after it.
+        assert!(
+            (1..=MESSAGES / 10).contains(&batched),
+            "{batched} batched requests refused: the refusal was not remembered"
+        );
         assert_eq!(single, MESSAGES, "every key read on its own");
     }
 }
