@@ -99,12 +99,12 @@ async fn batch(
                 .collect();
         }
     };
-    let mut found = found;
     keys.into_iter()
         .map(|key| {
+            // Not removed: two messages of a window may share a key.
             let subject = format!("{}{}", fallback.store.prefix, key);
-            let result = match found.remove(&subject) {
-                Some(Some(record)) => context_from_record(&record, key),
+            let result = match found.get(&subject) {
+                Some(Some(record)) => context_from_record(record, key),
                 // Deleted or purged: no record, as a single get says.
                 Some(None) | None => Err(NoContextReason::KvNotFound { key }),
             };

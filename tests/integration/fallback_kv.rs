@@ -844,51 +844,66 @@ async fn batched_reads_recover_a_window_in_few_requests_with_per_message_outcome
     let mut direct_gets = subscribed(&watcher, "$JS.API.DIRECT.GET.>").await;
 
     // Every 10th message has no record (published without the layer), the
-    // 5th has its record deleted; the rest have one each, in their own trace.
+    // 5th has its record deleted; the rest have one each, in their own
+    // trace. A second message on job-2, without a record of its own, shares
+    // its key (and the same window).
     let mut publisher = kv_publisher(&client, &kv);
-    let mut traces = Vec::new();
+    // (payload, key, the trace its record holds)
+    let mut expected = Vec::new();
     for i in 0..MESSAGES {
         let subject = format!("ingress.job-{i}");
         if i % 10 == 9 {
-            client.publish(subject, i.to_string().into()).await.unwrap();
-            traces.push(None);
+            client
+                .publish(subject.clone(), i.to_string().into())
+                .await
+                .unwrap();
+            expected.push((i.to_string(), i, None));
         } else {
-            traces.push(Some(
-                publish_in_api_span(&mut publisher, &subject, i.to_string()).await,
-            ));
+            let trace = publish_in_api_span(&mut publisher, &subject, i.to_string()).await;
+            expected.push((i.to_string(), i, (i != 5).then_some(trace)));
+        }
+        if i == 2 {
+            client.publish(subject, "again".into()).await.unwrap();
+            let trace = expected[2].2;
+            expected.push(("again".to_owned(), 2, trace));
         }
     }
     kv.store().delete("job-5").await.unwrap();
+    let total = expected.len();
     wait::until("the relay forwarded every message", WAIT, || async {
-        stream.get_info().await.unwrap().state.messages == MESSAGES as u64
+        stream.get_info().await.unwrap().state.messages == total as u64
     })
     .await;
 
     let mut worker = kv_worker(&stream, &kv).await;
-    for (i, trace) in traces.iter().enumerate() {
+    for (payload, key, trace) in &expected {
         let (message, cx) = next(&mut worker).await.unwrap();
-        assert_eq!(message.payload, i.to_string(), "arrival order kept");
+        assert_eq!(message.payload, payload.as_str(), "arrival order kept");
         let record = cx.extraction().unwrap().clone();
         match trace {
-            Some(trace) if i != 5 => {
-                assert_eq!(record.source(), ContextSource::Kv, "message {i}: {record}");
-                assert_eq!(cx.span().span_context().trace_id(), *trace, "message {i}");
+            Some(trace) => {
+                assert_eq!(record.source(), ContextSource::Kv, "{payload}: {record}");
+                assert_eq!(cx.span().span_context().trace_id(), *trace, "{payload}");
             }
-            _ => {
-                assert_eq!(record.source(), ContextSource::None, "message {i}");
+            None => {
+                assert_eq!(record.source(), ContextSource::None, "{payload}");
                 assert_eq!(
                     record.fallback_reason(),
                     Some(&NoContextReason::KvNotFound {
-                        key: format!("job-{i}")
+                        key: format!("job-{key}")
                     }),
-                    "message {i}: {record}"
+                    "{payload}: {record}"
                 );
             }
         }
         message.ack().await.unwrap();
     }
-    let missing = MESSAGES / 10 + 1;
-    assert_eq!(kv.stats().reads, MESSAGES as u64);
+    let missing = expected
+        .iter()
+        .filter(|(_, _, trace)| trace.is_none())
+        .count();
+    assert_eq!(missing, MESSAGES / 10 + 1);
+    assert_eq!(kv.stats().reads, total as u64);
     assert_eq!(kv.stats().read_failures, missing as u64);
 
     // Count the read requests the server saw.
@@ -925,6 +940,6 @@ async fn batched_reads_recover_a_window_in_few_requests_with_per_message_outcome
             (1..=MESSAGES / 10).contains(&batched),
             "{batched} batched requests refused: the refusal was not remembered"
         );
-        assert_eq!(single, MESSAGES, "every key read on its own");
+        assert_eq!(single, total, "every key read on its own");
     }
 }
