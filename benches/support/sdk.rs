@@ -77,12 +77,15 @@ pub fn dispatch(provider: &SdkTracerProvider) -> Dispatch {
 
 /// The hand-written consumer side with a `tracing` span: extract with the
 /// SDK, start a CONSUMER span with the attributes the messaging conventions
-/// require (the ones the adapter gives every span) and make the remote
-/// context its parent.
+/// require (the ones the adapter gives every span), make the remote context
+/// its parent, and take the span's OpenTelemetry context — what the adapter
+/// yields, and what a handler needs for its own spans to be children (it
+/// starts the OpenTelemetry span, which otherwise waits until the span
+/// closes).
 pub fn hand_written_tracing_span(
     propagator: &TraceContextPropagator,
     message: &async_nats::Message,
-) -> tracing::Span {
+) -> (tracing::Span, Context) {
     let remote = propagator.extract(&PlainExtractor(message.headers.as_ref()));
     let span = tracing::info_span!(
         "process",
@@ -94,7 +97,8 @@ pub fn hand_written_tracing_span(
         messaging.operation.name = "process",
     );
     let _ = span.set_parent(remote);
-    span
+    let cx = span.context();
+    (span, cx)
 }
 
 /// The hand-written consumer side with a span from `tracer`: extract with

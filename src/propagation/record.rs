@@ -260,8 +260,10 @@ impl fmt::Display for NoContextReason {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ExtractionRecord {
     source: ContextSource,
-    reason: Option<NoContextReason>,
-    fallback_reason: Option<NoContextReason>,
+    // Boxed: present only when something went wrong, and the record is
+    // moved with every message.
+    reason: Option<Box<NoContextReason>>,
+    fallback_reason: Option<Box<NoContextReason>>,
     header_name: Option<Cow<'static, str>>,
     notes: Vec<String>,
     /// The remote span's ids and flags; not its trace state, so that
@@ -284,7 +286,7 @@ impl ExtractionRecord {
     pub(crate) fn none(reason: NoContextReason) -> Self {
         Self {
             source: ContextSource::None,
-            reason: Some(reason),
+            reason: Some(Box::new(reason)),
             fallback_reason: None,
             header_name: None,
             notes: Vec::new(),
@@ -348,7 +350,7 @@ impl ExtractionRecord {
 
     /// The headers gave nothing, and neither did a fallback.
     pub(crate) fn fallback_missed(mut self, reason: NoContextReason) -> Self {
-        self.fallback_reason = Some(reason);
+        self.fallback_reason = Some(Box::new(reason));
         self
     }
 
@@ -362,13 +364,13 @@ impl ExtractionRecord {
     /// is why a new trace started; with `Kv` or `Payload` it is what the
     /// fallback recovered from (e.g. a relay dropped the headers).
     pub fn reason(&self) -> Option<&NoContextReason> {
-        self.reason.as_ref()
+        self.reason.as_deref()
     }
 
     /// Why the configured fallback (payload carrier or KV) gave no context
     /// either; `None` when it was not configured, or when it succeeded.
     pub fn fallback_reason(&self) -> Option<&NoContextReason> {
-        self.fallback_reason.as_ref()
+        self.fallback_reason.as_deref()
     }
 
     /// The `traceparent` header name as it arrived, when the context came
