@@ -148,9 +148,20 @@ async fn request(
     let mut found = HashMap::with_capacity(subjects.len());
     while let Some(reply) = replies.next().await {
         if let Some(status) = reply.status {
+            let pending = reply
+                .headers
+                .as_ref()
+                .and_then(|h| h.get("Nats-Num-Pending"))
+                .and_then(|v| v.as_str().parse::<u64>().ok())
+                .unwrap_or(0);
             return match status.as_u16() {
-                // End of batch; or nothing at all under these subjects.
-                204 | 404 => Ok(found),
+                // End of batch, with nothing left behind (a server stopped
+                // by its byte limit says how many are pending).
+                204 if pending == 0 => Ok(found),
+                // Nothing at all under these subjects. Another 404 ("Message
+                // Not Found": a record picked, then gone) may follow records
+                // already sent: the rest is read one by one.
+                404 if reply.description.as_deref() == Some("No Results") => Ok(found),
                 // "Empty Request": a server before 2.11 ignored the field.
                 408 if found.is_empty() => Err(BatchFailure::Unsupported),
                 _ => Err(BatchFailure::Retry),
@@ -167,10 +178,12 @@ async fn request(
         let Some(subject) = headers.get(async_nats::header::NATS_SUBJECT) else {
             return Err(BatchFailure::Retry);
         };
+        // A delete or purge, or the marker a bucket with limit markers
+        // leaves when a record expires: no record, as a single get says.
         let live = !matches!(
             headers.get("KV-Operation").map(|v| v.as_str()),
             Some("DEL" | "PURGE")
-        );
+        ) && headers.get("Nats-Marker-Reason").is_none();
         found.insert(
             subject.as_str().to_owned(),
             live.then(|| reply.payload.clone()),

@@ -9,8 +9,9 @@
 //!
 //! With OpenTelemetry's no-op meter provider (the global one until an
 //! application sets its own), nothing is measured: no clock is read and no
-//! attribute is built per message. The no-op provider is recognised by its
-//! size (it has no state to record with).
+//! attribute is built per message. Given with `meter_provider(..)` it is
+//! recognised by its type; as the global provider (a trait object), by its
+//! size: it is the one provider without state.
 //!
 //! | instrument | kind, unit | attributes | measures |
 //! |---|---|---|---|
@@ -26,7 +27,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use opentelemetry::metrics::{Counter, Histogram, Meter, MeterProvider};
+use opentelemetry::metrics::{Counter, Histogram, Meter, MeterProvider, NoopMeterProvider};
 use opentelemetry::{global, KeyValue};
 use opentelemetry_semantic_conventions::{attribute as semconv, metric as names};
 
@@ -61,7 +62,14 @@ struct Instruments {
 impl Default for Metrics {
     /// The instruments of the global meter provider.
     fn default() -> Self {
-        Self::from_provider(&*global::meter_provider())
+        let global = global::meter_provider();
+        // A trait object: OpenTelemetry's no-op provider is recognised as
+        // the one provider without state (one that records has somewhere
+        // to send to).
+        if std::mem::size_of_val(&*global) == 0 {
+            return Self(None);
+        }
+        Self::new(&global.meter(METER))
     }
 }
 
@@ -158,9 +166,9 @@ impl MessagingAttributes {
 impl Metrics {
     /// The instruments of `provider`.
     pub(crate) fn from_provider<P: MeterProvider + ?Sized>(provider: &P) -> Self {
-        // OpenTelemetry's `NoopMeterProvider` is the only provider without
-        // state: a provider that records has somewhere to send to.
-        if std::mem::size_of_val(provider) == 0 {
+        // Given explicitly: off only for OpenTelemetry's no-op provider
+        // itself.
+        if std::any::type_name::<P>() == std::any::type_name::<NoopMeterProvider>() {
             return Self(None);
         }
         Self::new(&provider.meter(METER))
@@ -297,7 +305,6 @@ impl Metrics {
 
 #[cfg(test)]
 mod tests {
-    use opentelemetry::metrics::noop::NoopMeterProvider;
     use opentelemetry_sdk::metrics::{InMemoryMetricExporter, PeriodicReader, SdkMeterProvider};
 
     use super::*;
@@ -313,6 +320,16 @@ mod tests {
             .build();
         let metrics = Metrics::from_provider(&provider);
         assert!(metrics.enabled());
+        // A stateless provider of the application's own, given explicitly,
+        // is trusted to record.
+        #[derive(Debug)]
+        struct Forwarding;
+        impl MeterProvider for Forwarding {
+            fn meter_with_scope(&self, scope: opentelemetry::InstrumentationScope) -> Meter {
+                NoopMeterProvider::new().meter_with_scope(scope)
+            }
+        }
+        assert!(Metrics::from_provider(&Forwarding).enabled());
         metrics.injected("injected");
         provider.force_flush().unwrap();
         assert!(!exporter.get_finished_metrics().unwrap().is_empty());

@@ -943,3 +943,58 @@ async fn batched_reads_recover_a_window_in_few_requests_with_per_message_outcome
         assert_eq!(single, total, "every key read on its own");
     }
 }
+
+/// A window whose keys have no record at all: the server answers the batch
+/// with "no results", and every message is reported as not found without a
+/// read of its own (on 2.11+; older servers read each key).
+#[tokio::test]
+async fn batched_reads_of_keys_without_records_need_no_single_reads() {
+    const MESSAGES: usize = 5;
+    let _telemetry = Telemetry::install();
+    let server = NatsServer::start();
+    let (client, js) = connect_jetstream(&server).await;
+    let stream = jobs_stream(&js).await;
+    let kv = KvFallback::open(&js, BUCKET, FallbackKey::subject_token(1))
+        .await
+        .unwrap();
+    let watcher = connect(&server).await;
+    let mut direct_gets = subscribed(&watcher, "$JS.API.DIRECT.GET.>").await;
+    for i in 0..MESSAGES {
+        js.publish(format!("jobs.none-{i}"), "{}".into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+    let mut worker = kv_worker(&stream, &kv).await;
+    for i in 0..MESSAGES {
+        let (message, cx) = next(&mut worker).await.unwrap();
+        let record = cx.extraction().unwrap().clone();
+        assert_eq!(record.source(), ContextSource::None, "{record}");
+        assert_eq!(
+            record.fallback_reason(),
+            Some(&NoContextReason::KvNotFound {
+                key: format!("none-{i}")
+            }),
+            "{record}"
+        );
+        message.ack().await.unwrap();
+    }
+    server_round_trip(&client).await;
+    server_round_trip(&watcher).await;
+    let mut single = 0;
+    while let Ok(Some(get)) =
+        tokio::time::timeout(Duration::from_millis(200), direct_gets.next()).await
+    {
+        if get.subject.as_str() != format!("$JS.API.DIRECT.GET.KV_{BUCKET}") {
+            single += 1;
+        }
+    }
+    let expected = if answers_batched_reads(&client) {
+        0
+    } else {
+        MESSAGES
+    };
+    assert_eq!(single, expected, "single reads");
+    assert_eq!(kv.stats().reads, MESSAGES as u64);
+}
