@@ -14,7 +14,7 @@ use super::request::PublishMessage;
 use crate::propagation::TRACEPARENT;
 use crate::propagation::{find_header, HeaderInjector};
 use crate::telemetry::captured_headers;
-use crate::telemetry::{caller_context, MessagingAttributes};
+use crate::telemetry::{caller_context, tracing_caller_context, MessagingAttributes};
 use crate::telemetry::{MessagingSpan, Operation, OperationType, Parent, SpanTracer};
 use opentelemetry_semantic_conventions::attribute as semconv;
 
@@ -120,9 +120,14 @@ where
         }
         let explicit = request.parent_context().cloned();
         let subject = request.subject();
-        // The parent, read now when an unsampled one means no span.
-        let parent = (!layer.spans_disabled && !layer.unsampled_spans)
-            .then(|| explicit.clone().unwrap_or_else(caller_context));
+        // The parent, read now when an unsampled one means no span: for a
+        // `tracing` span, the one tracing-opentelemetry would choose.
+        let parent = (!layer.spans_disabled && !layer.unsampled_spans).then(|| {
+            explicit.clone().unwrap_or_else(|| match layer.tracer {
+                SpanTracer::Tracing => tracing_caller_context(),
+                _ => caller_context(),
+            })
+        });
         let unsampled = parent.as_ref().and_then(unsampled_child);
         let spans = !layer.spans_disabled && unsampled.is_none();
         // The template names the span and goes on the metrics: resolved

@@ -10,4 +10,4 @@ mod tracer;
 pub(crate) use messaging::{InContext, MessagingSpan, Operation, OperationType, Parent};
 pub(crate) use metrics::{MessagingAttributes, Metrics};
 pub(crate) use span::{captured_headers, SpanNameFn};
-pub(crate) use tracer::{caller_context, SpanTracer};
+pub(crate) use tracer::{caller_context, tracing_caller_context, SpanTracer};

@@ -87,3 +87,17 @@ pub(crate) fn caller_context() -> Context {
     }
     current
 }
+
+/// The parent a new `tracing` span gets from tracing-opentelemetry when
+/// none is set: the entered `tracing` span's context when it is valid,
+/// else the current OpenTelemetry context.
+pub(crate) fn tracing_caller_context() -> Context {
+    let span = tracing::Span::current();
+    if !span.is_none() {
+        let cx = span.context();
+        if cx.span().span_context().is_valid() {
+            return cx;
+        }
+    }
+    Context::current()
+}
