@@ -928,7 +928,12 @@ async fn batched_reads_recover_a_window_in_few_requests_with_per_message_outcome
         }
     }
     if answers_batched_reads(&client) {
-        assert_eq!(single, 0, "every key read in a batch");
+        // A window that held a single message is read with a single get
+        // (it can happen once, if the first delivery brings one message).
+        assert!(
+            single <= 1,
+            "{single} keys read on their own, not in a batch"
+        );
         assert!(
             (1..=MESSAGES / 4).contains(&batched),
             "{batched} batched requests for {MESSAGES} messages"
@@ -990,11 +995,12 @@ async fn batched_reads_of_keys_without_records_need_no_single_reads() {
             single += 1;
         }
     }
-    let expected = if answers_batched_reads(&client) {
-        0
+    if answers_batched_reads(&client) {
+        // At most a first window that held one message is read on its own;
+        // a "no results" batch taken for a failure would read them all.
+        assert!(single <= 1, "{single} single reads");
     } else {
-        MESSAGES
-    };
-    assert_eq!(single, expected, "single reads");
+        assert_eq!(single, MESSAGES, "single reads");
+    }
     assert_eq!(kv.stats().reads, MESSAGES as u64);
 }
