@@ -78,7 +78,12 @@ async fn batch(
     metrics: &Metrics,
 ) -> Vec<Result<Context, NoContextReason>> {
     let deadline = Instant::now() + fallback.lookup_timeout;
-    let found = match tokio::time::timeout_at(deadline, request(fallback, jetstream, &keys)).await {
+    let subjects: Vec<String> = keys
+        .iter()
+        .map(|key| format!("{}{}", fallback.store.prefix, key))
+        .collect();
+    let asked = request(fallback, jetstream, subjects.clone());
+    let found = match tokio::time::timeout_at(deadline, asked).await {
         Ok(Ok(found)) => found,
         Ok(Err(BatchFailure::Unsupported)) => {
             (fallback.stats.batch_unsupported).store(true, Ordering::Relaxed);
@@ -100,9 +105,9 @@ async fn batch(
         }
     };
     keys.into_iter()
-        .map(|key| {
+        .zip(subjects)
+        .map(|(key, subject)| {
             // Not removed: two messages of a window may share a key.
-            let subject = format!("{}{}", fallback.store.prefix, key);
             let result = match found.get(&subject) {
                 Some(Some(record)) => context_from_record(record, key),
                 // Deleted or purged: no record, as a single get says.
@@ -114,17 +119,14 @@ async fn batch(
         .collect()
 }
 
-/// Sends one multi-last request for `keys` and collects the answer: each
-/// found subject with its record, or `None` for a delete or purge marker.
+/// Sends one multi-last request for the keys' `subjects` and collects the
+/// answer: each found subject with its record, or `None` for a delete or
+/// purge marker.
 async fn request(
     fallback: &KvFallback,
     jetstream: &jetstream::Context,
-    keys: &[String],
+    mut subjects: Vec<String>,
 ) -> Result<HashMap<String, Option<Bytes>>, BatchFailure> {
-    let mut subjects: Vec<String> = keys
-        .iter()
-        .map(|key| format!("{}{}", fallback.store.prefix, key))
-        .collect();
     subjects.sort_unstable();
     subjects.dedup();
     let payload = serde_json::to_vec(&serde_json::json!({ "multi_last": subjects }))

@@ -815,6 +815,24 @@ async fn relay_drops_headers_kv_fallback_restores_the_parent_with_a_tracer() {
     assert_attribute(&process, "nats_otel.context.source", "kv");
 }
 
+/// The direct gets on [`BUCKET`] seen so far on `direct_gets`: batched
+/// (multi-last) requests and single-key ones.
+async fn count_reads(direct_gets: &mut async_nats::Subscriber) -> (usize, usize) {
+    let (mut batched, mut single) = (0, 0);
+    while let Ok(Some(get)) =
+        tokio::time::timeout(Duration::from_millis(200), direct_gets.next()).await
+    {
+        if get.subject.as_str() == format!("$JS.API.DIRECT.GET.KV_{BUCKET}") {
+            let body = std::str::from_utf8(&get.payload).unwrap();
+            assert!(body.contains("multi_last"), "{get:?}");
+            batched += 1;
+        } else {
+            single += 1;
+        }
+    }
+    (batched, single)
+}
+
 /// Whether `server` answers multi-last direct gets (nats-server 2.11+).
 fn answers_batched_reads(client: &Client) -> bool {
     let version = client.server_info().version;
@@ -910,23 +928,7 @@ async fn batched_reads_recover_a_window_in_few_requests_with_per_message_outcome
     client.flush().await.unwrap();
     server_round_trip(&client).await;
     server_round_trip(&watcher).await;
-    let mut batched = 0;
-    let mut single = 0;
-    while let Ok(Some(get)) =
-        tokio::time::timeout(Duration::from_millis(200), direct_gets.next()).await
-    {
-        if get.subject.as_str() == format!("$JS.API.DIRECT.GET.KV_{BUCKET}") {
-            assert!(
-                std::str::from_utf8(&get.payload)
-                    .unwrap()
-                    .contains("multi_last"),
-                "{get:?}"
-            );
-            batched += 1;
-        } else {
-            single += 1;
-        }
-    }
+    let (batched, single) = count_reads(&mut direct_gets).await;
     if answers_batched_reads(&client) {
         // A window that held a single message is read with a single get
         // (it can happen once, if the first delivery brings one message).
@@ -987,14 +989,7 @@ async fn batched_reads_of_keys_without_records_need_no_single_reads() {
     }
     server_round_trip(&client).await;
     server_round_trip(&watcher).await;
-    let mut single = 0;
-    while let Ok(Some(get)) =
-        tokio::time::timeout(Duration::from_millis(200), direct_gets.next()).await
-    {
-        if get.subject.as_str() != format!("$JS.API.DIRECT.GET.KV_{BUCKET}") {
-            single += 1;
-        }
-    }
+    let (_, single) = count_reads(&mut direct_gets).await;
     if answers_batched_reads(&client) {
         // At most a first window that held one message is read on its own;
         // a "no results" batch taken for a failure would read them all.
