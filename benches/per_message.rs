@@ -41,7 +41,9 @@ use tracing::Dispatch;
 #[path = "support/sdk.rs"]
 mod sdk;
 
-use sdk::{dispatch, hand_written_tracer_span, hand_written_tracing_span, provider, PlainInjector};
+use sdk::{
+    dispatch, hand_written_tracer_span, hand_written_tracing_span, provider, Linked, PlainInjector,
+};
 
 const TRACEPARENT: &str = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
 
@@ -191,17 +193,46 @@ fn consume(c: &mut Criterion) {
         g.bench_function(format!("tracer_{name}"), |b| {
             b.iter(|| tracing::dispatcher::with_default(&d, || black_box(extractor.extract(&meta))))
         });
-        g.bench_function(format!("hand_written_tracing_span_{name}"), |b| {
-            b.iter(|| {
-                tracing::dispatcher::with_default(&d, || {
-                    black_box(hand_written_tracing_span(&sdk, &message))
+        // The hand-written equivalent: the same required attributes, the
+        // remote parent, and the link to it the conventions require.
+        for (suffix, link) in [("", Linked::Creation), ("_no_link", Linked::None)] {
+            g.bench_function(format!("hand_written_tracing_span{suffix}_{name}"), |b| {
+                b.iter(|| {
+                    tracing::dispatcher::with_default(&d, || {
+                        black_box(hand_written_tracing_span(&sdk, &message, link))
+                    })
                 })
-            })
-        });
-        let tracer = provider.tracer("hand-written");
-        g.bench_function(format!("hand_written_tracer_{name}"), |b| {
-            b.iter(|| black_box(hand_written_tracer_span(&sdk, &tracer, &message)))
-        });
+            });
+            let tracer = provider.tracer("hand-written");
+            g.bench_function(format!("hand_written_tracer{suffix}_{name}"), |b| {
+                b.iter(|| black_box(hand_written_tracer_span(&sdk, &tracer, &message, link)))
+            });
+        }
+        if name == "unsampled" {
+            // The stream adapter over an in-memory stream against the
+            // hand-written equivalent, a message cloned per item on both
+            // sides: what the adapter adds to the extractor.
+            use futures::StreamExt;
+            use nats_otel::TraceContextStreamExt;
+            let m = message.clone();
+            let mut stream = futures::stream::repeat_with(move || m.clone()).with_trace_context();
+            g.bench_function(format!("adapter_tracing_span_{name}"), |b| {
+                b.iter(|| {
+                    tracing::dispatcher::with_default(&d, || {
+                        black_box(stream.next().now_or_never())
+                    })
+                })
+            });
+            g.bench_function(format!("hand_written_cloned_tracing_span_{name}"), |b| {
+                b.iter(|| {
+                    tracing::dispatcher::with_default(&d, || {
+                        let m = message.clone();
+                        let out = hand_written_tracing_span(&sdk, &m, Linked::Creation);
+                        black_box((m, out))
+                    })
+                })
+            });
+        }
     }
     g.finish();
 }

@@ -75,16 +75,28 @@ pub fn dispatch(provider: &SdkTracerProvider) -> Dispatch {
     )
 }
 
+/// What a hand-written consumer links its span to: nothing, or the
+/// creation context (the producer's span), as the messaging conventions
+/// require of a `process` span and as the adapter does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Linked {
+    /// No link: the four required attributes and the parent only.
+    None,
+    /// A link to the creation context, which is also the parent.
+    Creation,
+}
+
 /// The hand-written consumer side with a `tracing` span: extract with the
 /// SDK, start a CONSUMER span with the attributes the messaging conventions
 /// require (the ones the adapter gives every span), make the remote context
-/// its parent, and take the span's OpenTelemetry context — what the adapter
-/// yields, and what a handler needs for its own spans to be children (it
-/// starts the OpenTelemetry span, which otherwise waits until the span
-/// closes).
+/// its parent, link it to that context when `link` says so, and take the
+/// span's OpenTelemetry context — what the adapter yields, and what a
+/// handler needs for its own spans to be children (it starts the
+/// OpenTelemetry span, which otherwise waits until the span closes).
 pub fn hand_written_tracing_span(
     propagator: &TraceContextPropagator,
     message: &async_nats::Message,
+    link: Linked,
 ) -> (tracing::Span, Context) {
     let remote = propagator.extract(&PlainExtractor(message.headers.as_ref()));
     let span = tracing::info_span!(
@@ -96,30 +108,38 @@ pub fn hand_written_tracing_span(
         messaging.operation.type = "process",
         messaging.operation.name = "process",
     );
+    if link == Linked::Creation {
+        span.add_link(remote.span().span_context().clone());
+    }
     let _ = span.set_parent(remote);
     let cx = span.context();
     (span, cx)
 }
 
 /// The hand-written consumer side with a span from `tracer`: extract with
-/// the SDK, start a CONSUMER span (the same required attributes) under the
-/// remote context; returns the context a handler would run in.
+/// the SDK, start a CONSUMER span (the same required attributes, and the
+/// link when `link` says so) under the remote context; returns the context
+/// a handler would run in.
 pub fn hand_written_tracer_span(
     propagator: &TraceContextPropagator,
     tracer: &SdkTracer,
     message: &async_nats::Message,
+    link: Linked,
 ) -> Context {
     let remote = propagator.extract(&PlainExtractor(message.headers.as_ref()));
-    let span = tracer.build_with_context(
-        SpanBuilder::from_name(format!("process {}", message.subject))
-            .with_kind(SpanKind::Consumer)
-            .with_attributes([
-                KeyValue::new("messaging.system", "nats"),
-                KeyValue::new("messaging.destination.name", message.subject.to_string()),
-                KeyValue::new("messaging.operation.type", "process"),
-                KeyValue::new("messaging.operation.name", "process"),
-            ]),
-        &remote,
-    );
+    let mut builder = SpanBuilder::from_name(format!("process {}", message.subject))
+        .with_kind(SpanKind::Consumer)
+        .with_attributes([
+            KeyValue::new("messaging.system", "nats"),
+            KeyValue::new("messaging.destination.name", message.subject.to_string()),
+            KeyValue::new("messaging.operation.type", "process"),
+            KeyValue::new("messaging.operation.name", "process"),
+        ]);
+    if link == Linked::Creation {
+        builder = builder.with_links(vec![opentelemetry::trace::Link::with_context(
+            remote.span().span_context().clone(),
+        )]);
+    }
+    let span = tracer.build_with_context(builder, &remote);
     remote.with_span(span)
 }

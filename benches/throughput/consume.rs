@@ -39,14 +39,14 @@ pub(crate) async fn consume(
     barrier: &tokio::sync::Mutex<Barrier>,
     s: &Settings,
     payload: &Bytes,
-    tracer: Option<SdkTracer>,
-    name: &'static str,
+    (tracer, link): (Option<SdkTracer>, sdk::Linked),
+    (name, target): (&'static str, &'static str),
 ) -> Result<Row> {
     let subject = Subject::from("bench.consume");
     let n = s.messages;
     pair(
         name,
-        ">= 0.95",
+        target,
         s.rounds,
         n,
         || async {
@@ -87,14 +87,17 @@ pub(crate) async fn consume(
                     let message = next(&mut messages).await?;
                     // The hand-written way: extract with the SDK, start a
                     // CONSUMER span under the remote parent, made the same
-                    // way as ours (a `tracing` span, or with the tracer).
+                    // way as ours (a `tracing` span, or with the tracer),
+                    // linked to its parent as the conventions require
+                    // unless `link` says otherwise.
                     match &tracer {
                         None => {
-                            let span = sdk::hand_written_tracing_span(&propagator, &message);
+                            let span = sdk::hand_written_tracing_span(&propagator, &message, link);
                             std::hint::black_box((&message, &span));
                         }
                         Some(tracer) => {
-                            let cx = sdk::hand_written_tracer_span(&propagator, tracer, &message);
+                            let cx =
+                                sdk::hand_written_tracer_span(&propagator, tracer, &message, link);
                             std::hint::black_box((&message, &cx));
                         }
                     }

@@ -23,7 +23,7 @@
 //! | `NATS_OTEL_BENCH_STORAGE` | `file` | storage of the benchmark's streams and KV bucket, `file` (JetStream's default) or `memory` |
 //! | `NATS_OTEL_BENCH_WORKERS` | 0 | worker threads of the client's runtime; 0 runs everything, the client's connection task included, on one thread (every nanosecond the layer adds shows); with workers, the connection task runs beside the publishing loop |
 //! | `NATS_OTEL_BENCH_STRIPPED_PROBE` | (off) | `1`: after the `stripped` rows, print where a stripped consume's time goes: raw `kv.get` rates by lookups in flight, batched direct gets (`multi_last`), the adapter by `kv_lookahead` (single runs, not paired) |
-//! | `NATS_OTEL_BENCH_ONLY` | (all) | comma-separated subset: `core`, `core_sampled`, `core_tracer`, `core_tracer_sampled`, `core_nospans`, `core_hand_written`, `core_hand_written_sampled`, `core_names`, `js`, `js_tracer`, `consume`, `consume_tracer`, `kv`, `stripped` (consume with the KV fallback, headers stripped vs intact: `messages()`, `fetch()`, `messages()` with `kv_lookahead(1)`), `hops` (core publish with sampled spans, `server_hops(bridge.publish_settings(), ratio)` with a running `ServerHops` bridge on its own connection vs no server hops, at ratio 1.0 and 0.1, then the bridge's stats; `NATS_OTEL_BENCH_MESSAGES` per run), `rss` |
+//! | `NATS_OTEL_BENCH_ONLY` | (all) | comma-separated subset: `core`, `core_sampled`, `core_tracer`, `core_tracer_sampled`, `core_nospans`, `core_hand_written`, `core_hand_written_sampled`, `core_names`, `js`, `js_tracer`, `consume`, `consume_tracer` (against hand-written code that links its span to the creation context, as the conventions require and the adapter does), `consume_no_link`, `consume_tracer_no_link` (the same without the link), `kv`, `stripped` (consume with the KV fallback, headers stripped vs intact: `messages()`, `fetch()`, `messages()` with `kv_lookahead(1)`), `hops` (core publish with sampled spans, `server_hops(bridge.publish_settings(), ratio)` with a running `ServerHops` bridge on its own connection vs no server hops, at ratio 1.0 and 0.1, then the bridge's stats; `NATS_OTEL_BENCH_MESSAGES` per run), `rss` |
 //!
 //! Under `cargo test --benches` (no `--bench` argument) it does nothing.
 
@@ -353,17 +353,43 @@ fn main() -> Result<()> {
         (
             "consume",
             None,
-            "consume: adapter vs raw subscriber + manual extraction (unsampled)",
+            sdk::Linked::Creation,
+            "consume: adapter vs raw subscriber + manual extraction and a span linked to its parent (unsampled)",
+            ">= 0.95",
         ),
         (
             "consume_tracer",
             tracer(),
-            "consume, `.tracer(...)`: adapter vs raw subscriber + manual extraction (unsampled)",
+            sdk::Linked::Creation,
+            "consume, `.tracer(...)`: adapter vs raw subscriber + manual extraction and a span linked to its parent (unsampled)",
+            ">= 0.95",
+        ),
+        (
+            "consume_no_link",
+            None,
+            sdk::Linked::None,
+            "consume: adapter vs raw subscriber + manual extraction and a span without the link (unsampled)",
+            "(informational)",
+        ),
+        (
+            "consume_tracer_no_link",
+            tracer(),
+            sdk::Linked::None,
+            "consume, `.tracer(...)`: adapter vs raw subscriber + manual extraction and a span without the link (unsampled)",
+            "(informational)",
         ),
     ];
-    for (key, tracer, name) in consume_rows {
+    for (key, tracer, link, name, target) in consume_rows {
         if run(key) {
-            let row = consume(&publisher, &consumer, &barrier, &s, &payload, tracer, name);
+            let row = consume(
+                &publisher,
+                &consumer,
+                &barrier,
+                &s,
+                &payload,
+                (tracer, link),
+                (name, target),
+            );
             rows.push(with_dispatch(&unsampled, &rt, row)?);
         }
     }
