@@ -249,17 +249,20 @@ pub(crate) fn process_context(
             options.warnings.warn(subject, reason);
         }
     }
+    // Settle spans (JetStream messages only) are made with the same tracer
+    // and named with the same templates; a core message needs neither,
+    // and each clone is an atomic reference count per message.
+    let settles = meta.jetstream.is_some();
     let (span, tracer) = match span {
         InContext::Tracing(span) => (Some(span), None),
-        // Settle spans under this context are made with the same tracer.
-        InContext::Tracer => (None, Some(options.tracer.clone())),
+        InContext::Tracer => (None, settles.then(|| options.tracer.clone())),
         InContext::Empty => (None, None),
     };
     cx.with_value(Consumed {
         record,
         span,
         tracer,
-        templates: Some(options.templates.clone()),
+        templates: settles.then(|| options.templates.clone()),
         timer,
     })
 }
