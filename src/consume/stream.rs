@@ -806,20 +806,23 @@ where
                 Poll::Pending if this.extractor.flush(this.ahead.as_mut()) => continue,
                 Poll::Pending => return Poll::Pending,
             };
-            let outcome = match item.meta() {
+            // Read once (a JetStream message parses its reply subject for
+            // it), and again only if the message waits in the look-ahead.
+            let meta = item.meta();
+            let step = meta.as_ref().map(|meta| this.extractor.begin(meta));
+            let outcome = match step {
                 None => Outcome::NoMeta,
-                Some(meta) => match this.extractor.begin(&meta) {
-                    Step::Done(remote, record) => Outcome::Extracted(remote, record),
-                    Step::Skip => Outcome::Skipped,
-                    Step::Lookup(lookup) => {
-                        this.ahead.as_mut().push_lookup(item, lookup);
-                        continue;
-                    }
-                },
+                Some(Step::Done(remote, record)) => Outcome::Extracted(remote, record),
+                Some(Step::Skip) => Outcome::Skipped,
+                Some(Step::Lookup(lookup)) => {
+                    this.ahead.as_mut().push_lookup(item, lookup);
+                    continue;
+                }
             };
             if this.ahead.is_empty() {
                 // Nothing ahead of it: out at once, with no queueing.
-                return Poll::Ready(Some(finish(this.extractor, this.receive, item, outcome)));
+                let cx = context_of(this.extractor, this.receive, meta.as_ref(), outcome);
+                return Poll::Ready(Some(item.attach(cx)));
             }
             this.ahead.as_mut().push_ready(item, outcome);
         }
@@ -846,17 +849,27 @@ fn finish<T: ConsumerItem>(
     item: T,
     outcome: Outcome,
 ) -> T::WithContext {
-    let cx = match (outcome, item.meta()) {
+    let cx = context_of(extractor, receive, item.meta().as_ref(), outcome);
+    item.attach(cx)
+}
+
+/// The context a message described by `meta` leaves the adapter with.
+fn context_of(
+    extractor: &ContextExtractor,
+    receive: &mut Option<ReceiveSpan>,
+    meta: Option<&MessageMeta<'_>>,
+    outcome: Outcome,
+) -> Context {
+    match (outcome, meta) {
         (Outcome::Extracted(remote, record), Some(meta)) => {
             if let Some(receive) = receive.as_mut() {
-                receive.link(&meta, &remote, &extractor.process.templates);
+                receive.link(meta, &remote, &extractor.process.templates);
             }
-            extractor.finish(&meta, remote, record)
+            extractor.finish(meta, remote, record)
         }
         (Outcome::Skipped, _) => skipped_context(),
         (Outcome::NoMeta, _) | (_, None) => Context::new(),
-    };
-    item.attach(cx)
+    }
 }
 
 fn skipped_context() -> Context {
