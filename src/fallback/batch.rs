@@ -12,9 +12,9 @@
 //! without batching; a server that does not know the request is remembered
 //! and not asked again.
 
-use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 
+use async_nats::header::{HeaderName, NATS_MARKER_REASON, NATS_SUBJECT};
 use async_nats::jetstream;
 use bytes::Bytes;
 use futures::StreamExt;
@@ -28,6 +28,21 @@ use crate::telemetry::Metrics;
 
 /// The most keys in one request: the server answers at most 1024 subjects.
 const MAX_KEYS: usize = 1024;
+
+// Read from every reply: made once, not parsed from a string per lookup.
+const NUM_PENDING: HeaderName = HeaderName::from_static("Nats-Num-Pending");
+const KV_OPERATION: HeaderName = HeaderName::from_static("KV-Operation");
+
+/// The body of a multi-last direct get.
+#[derive(serde::Serialize)]
+struct MultiLast<'a> {
+    multi_last: &'a [&'a str],
+}
+
+/// What a batch found, by position in the sorted subjects it asked for:
+/// `None` when no message came for it, `Some(None)` for a delete or purge
+/// marker, else the record.
+type Found = Vec<Option<Option<Bytes>>>;
 
 /// Looks every key up, in one request per [`MAX_KEYS`] when the fallback
 /// has a JetStream context for batched reads and the server answers them,
@@ -82,8 +97,13 @@ async fn batch(
         .iter()
         .map(|key| format!("{}{}", fallback.store.prefix, key))
         .collect();
-    let asked = request(fallback, jetstream, subjects.clone());
-    let found = match tokio::time::timeout_at(deadline, asked).await {
+    // Asked once each, in order: a subject's answer is found by binary
+    // search, without a map keyed on copies of the subjects.
+    let mut asked: Vec<&str> = subjects.iter().map(String::as_str).collect();
+    asked.sort_unstable();
+    asked.dedup();
+    let found = match tokio::time::timeout_at(deadline, request(fallback, jetstream, &asked)).await
+    {
         Ok(Ok(found)) => found,
         Ok(Err(BatchFailure::Unsupported)) => {
             (fallback.stats.batch_unsupported).store(true, Ordering::Relaxed);
@@ -105,10 +125,15 @@ async fn batch(
         }
     };
     keys.into_iter()
-        .zip(subjects)
+        .zip(&subjects)
         .map(|(key, subject)| {
-            // Not removed: two messages of a window may share a key.
-            let result = match found.get(&subject) {
+            // Two messages of a window may share a key: both read it.
+            let answer = asked
+                .binary_search(&subject.as_str())
+                .ok()
+                .and_then(|at| found.get(at))
+                .and_then(Option::as_ref);
+            let result = match answer {
                 Some(Some(record)) => context_from_record(record, key),
                 // Deleted or purged: no record, as a single get says.
                 Some(None) | None => Err(NoContextReason::KvNotFound { key }),
@@ -119,18 +144,17 @@ async fn batch(
         .collect()
 }
 
-/// Sends one multi-last request for the keys' `subjects` and collects the
-/// answer: each found subject with its record, or `None` for a delete or
-/// purge marker.
+/// Sends one multi-last request for `subjects` (sorted, each once) and
+/// collects the answer.
 async fn request(
     fallback: &KvFallback,
     jetstream: &jetstream::Context,
-    mut subjects: Vec<String>,
-) -> Result<HashMap<String, Option<Bytes>>, BatchFailure> {
-    subjects.sort_unstable();
-    subjects.dedup();
-    let payload = serde_json::to_vec(&serde_json::json!({ "multi_last": subjects }))
-        .map_err(|_| BatchFailure::Retry)?;
+    subjects: &[&str],
+) -> Result<Found, BatchFailure> {
+    let payload = serde_json::to_vec(&MultiLast {
+        multi_last: subjects,
+    })
+    .map_err(|_| BatchFailure::Retry)?;
     let client = jetstream.client();
     let inbox = client.new_inbox();
     let mut replies = client
@@ -147,13 +171,14 @@ async fn request(
         )
         .await
         .map_err(|_| BatchFailure::Retry)?;
-    let mut found = HashMap::with_capacity(subjects.len());
+    let mut found: Found = vec![None; subjects.len()];
+    let mut received = false;
     while let Some(reply) = replies.next().await {
         if let Some(status) = reply.status {
             let pending = reply
                 .headers
                 .as_ref()
-                .and_then(|h| h.get("Nats-Num-Pending"))
+                .and_then(|h| h.get(NUM_PENDING))
                 .and_then(|v| v.as_str().parse::<u64>().ok())
                 .unwrap_or(0);
             return match status.as_u16() {
@@ -165,7 +190,7 @@ async fn request(
                 // already sent: the rest is read one by one.
                 404 if reply.description.as_deref() == Some("No Results") => Ok(found),
                 // "Empty Request": a server before 2.11 ignored the field.
-                408 if found.is_empty() => Err(BatchFailure::Unsupported),
+                408 if !received => Err(BatchFailure::Unsupported),
                 _ => Err(BatchFailure::Retry),
             };
         }
@@ -174,22 +199,23 @@ async fn request(
         };
         // A server that answers a single message without the batch headers
         // did not read the request as a batch.
-        if headers.get("Nats-Num-Pending").is_none() {
+        if headers.get(NUM_PENDING).is_none() {
             return Err(BatchFailure::Unsupported);
         }
-        let Some(subject) = headers.get(async_nats::header::NATS_SUBJECT) else {
+        let Some(subject) = headers.get(NATS_SUBJECT) else {
             return Err(BatchFailure::Retry);
         };
         // A delete or purge, or the marker a bucket with limit markers
         // leaves when a record expires: no record, as a single get says.
         let live = !matches!(
-            headers.get("KV-Operation").map(|v| v.as_str()),
+            headers.get(KV_OPERATION).map(|v| v.as_str()),
             Some("DEL" | "PURGE")
-        ) && headers.get("Nats-Marker-Reason").is_none();
-        found.insert(
-            subject.as_str().to_owned(),
-            live.then(|| reply.payload.clone()),
-        );
+        ) && headers.get(NATS_MARKER_REASON).is_none();
+        received = true;
+        // A subject not asked for cannot come; if one did, it is ignored.
+        if let Ok(at) = subjects.binary_search(&subject.as_str()) {
+            found[at] = Some(live.then(|| reply.payload.clone()));
+        }
     }
     // The subscription ended: the connection is closing.
     Err(BatchFailure::Retry)
