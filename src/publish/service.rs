@@ -119,15 +119,20 @@ where
             return ResponseFuture::new(self.inner.call(request), MessagingSpan::None);
         }
         let explicit = request.parent_context().cloned();
+        let has_explicit = explicit.is_some();
         let subject = request.subject();
         // The parent, read now when an unsampled one means no span: for a
-        // `tracing` span, the one tracing-opentelemetry would choose.
-        let parent = (!layer.spans_disabled && !layer.unsampled_spans).then(|| {
-            explicit.clone().unwrap_or_else(|| match layer.tracer {
+        // `tracing` span, the one tracing-opentelemetry would choose. It
+        // takes the explicit context's place (one clone less per publish).
+        let (parent, explicit) = if !layer.spans_disabled && !layer.unsampled_spans {
+            let parent = explicit.unwrap_or_else(|| match layer.tracer {
                 SpanTracer::Tracing => tracing_caller_context(),
                 _ => caller_context(),
-            })
-        });
+            });
+            (Some(parent), None)
+        } else {
+            (None, explicit)
+        };
         let unsampled = parent.as_ref().and_then(unsampled_child);
         let spans = !layer.spans_disabled && unsampled.is_none();
         // The template names the span and goes on the metrics: resolved
@@ -171,7 +176,12 @@ where
                 // A tracer span's parent was read above; a `tracing` span's is
                 // tracing-opentelemetry's choice unless explicit.
                 let parent = match (&layer.tracer, parent) {
-                    (SpanTracer::Tracing, _) | (_, None) => Parent::Caller(explicit),
+                    // tracing-opentelemetry chooses the same parent when
+                    // none is given.
+                    (SpanTracer::Tracing, Some(parent)) => {
+                        Parent::Caller(has_explicit.then_some(parent))
+                    }
+                    (_, None) => Parent::Caller(explicit),
                     (_, Some(parent)) => Parent::Caller(Some(parent)),
                 };
                 operation.start_with(&layer.tracer, parent, || {
