@@ -27,15 +27,26 @@ use crate::telemetry::{MessagingAttributes, Metrics};
 struct Consumed {
     record: ExtractionRecord,
     span: Option<Span>,
-    /// The tracer that made the `process` span, when it was not a `tracing`
-    /// span: settle spans under this context are made with it too.
+    /// The tracer and templates that made and named the `process` span:
+    /// settle spans under this context are named with the same templates,
+    /// and made with the same tracer when [`tracer_span`](Self::tracer_span).
+    /// Shared: one reference count per message.
     #[cfg_attr(not(feature = "jetstream"), allow(dead_code))]
-    tracer: Option<SpanTracer>,
-    /// The templates that named the `process` span, to name settle spans.
+    setup: Option<Arc<SpanSetup>>,
+    /// Whether the `process` span was made by the tracer (not a `tracing`
+    /// span, not an empty one).
     #[cfg_attr(not(feature = "jetstream"), allow(dead_code))]
-    templates: Option<SubjectTemplates>,
+    tracer_span: bool,
     /// Records `messaging.process.duration` when the context is dropped.
     timer: Option<ProcessTimer>,
+}
+
+/// How the adapter makes and names its spans: the tracer, and the subject
+/// templates.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct SpanSetup {
+    pub(crate) tracer: SpanTracer,
+    pub(crate) templates: SubjectTemplates,
 }
 
 /// The `process` operation's clock: from delivery until the yielded
@@ -84,8 +95,8 @@ impl Consumed {
         Self {
             record,
             span: None,
-            tracer: None,
-            templates: None,
+            setup: None,
+            tracer_span: false,
             timer: None,
         }
     }
@@ -100,7 +111,10 @@ pub(crate) fn with_record(cx: Context, record: ExtractionRecord) -> Context {
 /// for `tracing` spans and contexts the adapter did not yield.
 #[cfg(feature = "jetstream")]
 pub(crate) fn process_tracer(cx: &Context) -> Option<&SpanTracer> {
-    cx.get::<Consumed>().and_then(|c| c.tracer.as_ref())
+    cx.get::<Consumed>()
+        .filter(|c| c.tracer_span)
+        .and_then(|c| c.setup.as_deref())
+        .map(|setup| &setup.tracer)
 }
 
 /// The metrics and attributes of the message consumed in `cx`, to record
@@ -115,7 +129,9 @@ pub(crate) fn process_metrics(cx: &Context) -> Option<(&Metrics, &MessagingAttri
 /// The subject templates that named the `process` span in `cx`.
 #[cfg(feature = "jetstream")]
 pub(crate) fn process_templates(cx: &Context) -> Option<&SubjectTemplates> {
-    cx.get::<Consumed>().and_then(|c| c.templates.as_ref())
+    cx.get::<Consumed>()
+        .and_then(|c| c.setup.as_deref())
+        .map(|setup| &setup.templates)
 }
 
 /// How the `process` span relates to the message's creation context (the
@@ -168,9 +184,8 @@ pub(crate) struct ProcessOptions {
     pub(crate) capture_headers: Arc<[String]>,
     pub(crate) parenting: Parenting,
     pub(crate) metrics: Metrics,
-    pub(crate) tracer: SpanTracer,
+    pub(crate) setup: Arc<SpanSetup>,
     pub(crate) warnings: warn::NoContextWarnings,
-    pub(crate) templates: SubjectTemplates,
 }
 
 impl fmt::Debug for ProcessOptions {
@@ -180,8 +195,8 @@ impl fmt::Debug for ProcessOptions {
             .field("process_spans", &!self.disabled)
             .field("capture_headers", &self.capture_headers)
             .field("parenting", &self.parenting)
-            .field("templates", &self.templates)
-            .field("tracer", &self.tracer)
+            .field("templates", &self.setup.templates)
+            .field("tracer", &self.setup.tracer)
             .finish()
     }
 }
@@ -196,7 +211,7 @@ pub(crate) fn process_context(
 ) -> Context {
     options.metrics.extracted(&record);
     let subject = meta.subject;
-    let destination = options.templates.resolve(subject);
+    let destination = options.setup.templates.resolve(subject);
     let timer = delivered(meta, &destination, options);
     if options.disabled {
         if let Some(reason) = record
@@ -236,7 +251,7 @@ pub(crate) fn process_context(
         temporary: destination.temporary,
         span_name: span_name.into(),
     };
-    let (cx, span) = operation.start_in_context(&options.tracer, parent, || {
+    let (cx, span) = operation.start_in_context(&options.setup.tracer, parent, || {
         recorded_attributes(meta, &record, options)
     });
 
@@ -249,20 +264,17 @@ pub(crate) fn process_context(
             options.warnings.warn(subject, reason);
         }
     }
-    // Settle spans (JetStream messages only) are made with the same tracer
-    // and named with the same templates; a core message needs neither,
-    // and each clone is an atomic reference count per message.
-    let settles = meta.jetstream.is_some();
-    let (span, tracer) = match span {
-        InContext::Tracing(span) => (Some(span), None),
-        InContext::Tracer => (None, settles.then(|| options.tracer.clone())),
-        InContext::Empty => (None, None),
+    let (span, tracer_span) = match span {
+        InContext::Tracing(span) => (Some(span), false),
+        // Settle spans under this context are made with the same tracer.
+        InContext::Tracer => (None, true),
+        InContext::Empty => (None, false),
     };
     cx.with_value(Consumed {
         record,
         span,
-        tracer,
-        templates: settles.then(|| options.templates.clone()),
+        setup: Some(Arc::clone(&options.setup)),
+        tracer_span,
         timer,
     })
 }

@@ -143,7 +143,7 @@ impl ContextExtractor {
     /// # Ok::<(), nats_otel::subject::InvalidSubjectPattern>(())
     /// ```
     pub fn subject_templates(mut self, templates: SubjectTemplates) -> Self {
-        self.process.templates = templates;
+        Arc::make_mut(&mut self.process.setup).templates = templates;
         self
     }
 
@@ -202,7 +202,7 @@ impl ContextExtractor {
         T: Tracer + Send + Sync + 'static,
         T::Span: Send + Sync + 'static,
     {
-        self.process.tracer = SpanTracer::new(tracer);
+        Arc::make_mut(&mut self.process.setup).tracer = SpanTracer::new(tracer);
         self
     }
 
@@ -774,7 +774,7 @@ where
     fn poll_next(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Option<Self::Item>> {
         let mut this = self.project();
         if let Some(receive) = this.receive.as_mut() {
-            receive.start_once(&this.extractor.process.tracer);
+            receive.start_once(&this.extractor.process.setup.tracer);
         }
         loop {
             // Messages read ahead go out first, in arrival order.
@@ -863,7 +863,7 @@ fn context_of(
     match (outcome, meta) {
         (Outcome::Extracted(remote, record), Some(meta)) => {
             if let Some(receive) = receive.as_mut() {
-                receive.link(meta, &remote, &extractor.process.templates);
+                receive.link(meta, &remote, &extractor.process.setup.templates);
             }
             extractor.finish(meta, remote, record)
         }

@@ -40,8 +40,8 @@ struct MultiLast<'a> {
 }
 
 /// What a batch found, by position in the sorted subjects it asked for:
-/// `None` when no message came for it, `Some(None)` for a delete or purge
-/// marker, else the record.
+/// `None` when no message came for it, `Some(None)` for a delete, purge or
+/// limit marker, else the record.
 type Found = Vec<Option<Option<Bytes>>>;
 
 /// Looks every key up, in one request per [`MAX_KEYS`] when the fallback
@@ -151,6 +151,10 @@ async fn request(
     jetstream: &jetstream::Context,
     subjects: &[&str],
 ) -> Result<Found, BatchFailure> {
+    debug_assert!(
+        subjects.windows(2).all(|w| w[0] < w[1]),
+        "sorted, each once"
+    );
     let payload = serde_json::to_vec(&MultiLast {
         multi_last: subjects,
     })

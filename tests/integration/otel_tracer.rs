@@ -489,6 +489,57 @@ async fn settle_spans_come_from_the_adapters_tracer() {
     }
 }
 
+/// A message type of one's own, whose details leave out the JetStream ones
+/// (as `MessageMeta::of` does), still gets settle spans from the adapter's
+/// tracer, named with its templates.
+#[tokio::test]
+async fn settle_spans_follow_the_adapter_for_messages_without_jetstream_details() {
+    use nats_otel::consume::ConsumerItem;
+    use nats_otel::subject::SubjectTemplates;
+    use nats_otel::SettleExt;
+
+    struct Job(async_nats::jetstream::Message);
+
+    impl ConsumerItem for Job {
+        type WithContext = (Job, opentelemetry::Context);
+        fn meta(&self) -> Option<MessageMeta<'_>> {
+            Some(MessageMeta::of(&self.0.message))
+        }
+        fn attach(self, cx: opentelemetry::Context) -> Self::WithContext {
+            (self, cx)
+        }
+    }
+
+    let telemetry = Telemetry::install();
+    let server = NatsServer::start();
+    let consumer = published_jobs(&server, &["jobs.own"]).await;
+    let mut messages = consumer
+        .messages()
+        .await
+        .unwrap()
+        .map(|item| item.map(Job))
+        .with_trace_context()
+        .tracer(telemetry.tracer())
+        .subject_templates(SubjectTemplates::new(["jobs.*"]).unwrap());
+    let (job, cx) = next(&mut messages).await.unwrap();
+    job.0
+        .settle(async_nats::jetstream::AckKind::Ack, &cx)
+        .await
+        .unwrap();
+    // The `process` span ends with the last clone of its context.
+    drop((job, cx, messages));
+
+    let settle = telemetry.span("ack jobs.*");
+    let process = telemetry.span("process jobs.*");
+    assert_eq!(
+        settle.instrumentation_scope.name(),
+        "nats-otel",
+        "made with the adapter's tracer, not through tracing"
+    );
+    assert_child_of(&settle, &process);
+    assert_attribute(&settle, "messaging.destination.name", "jobs.own");
+}
+
 /// The batch `receive` span is made with the adapter's tracer too: a CLIENT
 /// root named after the stream, linked to every message's creation context.
 #[tokio::test]
