@@ -61,25 +61,25 @@ impl Service<Publish> for CorePublisher {
     fn call(&mut self, request: Publish) -> Self::Future {
         let client = Arc::clone(&self.client);
         let parts = request.into_parts();
-        Box::pin(async move {
-            match parts.reply {
-                Some(reply) => {
-                    client
-                        .publish_with_reply_and_headers(
-                            parts.subject,
-                            reply,
-                            parts.headers,
-                            parts.payload,
-                        )
-                        .await
-                }
-                None => {
-                    client
-                        .publish_with_headers(parts.subject, parts.headers, parts.payload)
-                        .await
-                }
-            }
-        })
+        // One future per case, each boxed at its own size: the common one
+        // (no reply subject) is the smaller.
+        match parts.reply {
+            Some(reply) => Box::pin(async move {
+                client
+                    .publish_with_reply_and_headers(
+                        parts.subject,
+                        reply,
+                        parts.headers,
+                        parts.payload,
+                    )
+                    .await
+            }),
+            None => Box::pin(async move {
+                client
+                    .publish_with_headers(parts.subject, parts.headers, parts.payload)
+                    .await
+            }),
+        }
     }
 }
 

@@ -85,44 +85,42 @@ impl<F: Future> fmt::Debug for ResponseFuture<F> {
 
 impl<F: Future> ResponseFuture<F> {
     pub(crate) fn new(inner: F, span: MessagingSpan) -> Self {
+        Self::with_all(inner, span, false, Write::None, None)
+    }
+
+    /// The future with everything set at once (builder methods would move
+    /// the whole future once each, which shows per message). `entered`:
+    /// the `tracing` PRODUCER span is entered around each poll of the
+    /// inner future; `write`: the KV fallback's write, driven along with
+    /// the publish; `measured`: the metrics, start and attributes the
+    /// publish is recorded with when it completes (`None` when metrics are
+    /// off).
+    #[inline]
+    pub(crate) fn with_all(
+        inner: F,
+        span: MessagingSpan,
+        entered: bool,
+        write: Write,
+        measured: Option<(&Metrics, Instant, MessagingAttributes)>,
+    ) -> Self {
         Self {
             inner,
             span: Some(span),
-            entered: false,
-            write: Write::None,
+            entered,
+            write,
             published: None,
-            measured: None,
+            measured: measured.map(|(metrics, start, attributes)| {
+                Box::new(Measured {
+                    metrics: metrics.clone(),
+                    start,
+                    attributes,
+                })
+            }),
         }
     }
 
-    /// Enters a `tracing` PRODUCER span around each poll of the inner
-    /// future.
-    pub(crate) fn entered_on_poll(mut self, entered: bool) -> Self {
-        self.entered = entered;
-        self
-    }
-
-    /// Records the sent message and the publish's duration when it
-    /// completes.
-    /// Records the publish in `metrics` when it completes, if `measured`
-    /// holds its start and attributes (`None` when metrics are off).
-    pub(crate) fn measured(
-        mut self,
-        metrics: &Metrics,
-        measured: Option<(Instant, MessagingAttributes)>,
-    ) -> Self {
-        self.measured = measured.map(|(start, attributes)| {
-            Box::new(Measured {
-                metrics: metrics.clone(),
-                start,
-                attributes,
-            })
-        });
-        self
-    }
-
     /// Drives the KV fallback's `write` along with the publish.
-    #[cfg_attr(not(feature = "kv"), allow(dead_code))]
+    #[cfg(test)]
     pub(crate) fn with_write(mut self, write: Write) -> Self {
         self.write = write;
         self
@@ -165,21 +163,31 @@ where
                 }
             }
         }
-        if this.published.is_none() {
-            let _entered = match this.span {
-                Some(span) if *this.entered => span.tracing_span().map(tracing::Span::enter),
-                _ => None,
-            };
-            if let Poll::Ready(output) = this.inner.as_mut().poll(cx) {
-                *this.published = Some(output);
+        // The publish's output: kept from an earlier poll (while a
+        // best-effort write was still pending), or polled now.
+        let output = match this.published.take() {
+            Some(output) => output,
+            None => {
+                let polled = if *this.entered {
+                    let _entered = this
+                        .span
+                        .as_ref()
+                        .and_then(MessagingSpan::tracing_span)
+                        .map(tracing::Span::enter);
+                    this.inner.as_mut().poll(cx)
+                } else {
+                    this.inner.as_mut().poll(cx)
+                };
+                match polled {
+                    Poll::Ready(output) => output,
+                    Poll::Pending => return Poll::Pending,
+                }
             }
-        }
-        if matches!(this.write, Write::Alongside(_)) {
-            return Poll::Pending;
-        }
-        let Some(output) = this.published.take() else {
-            return Poll::Pending;
         };
+        if matches!(this.write, Write::Alongside(_)) {
+            *this.published = Some(output);
+            return Poll::Pending;
+        }
         *this.write = Write::Done;
         let error_type = output.as_ref().err().map(|_| error_type::<E>());
         if let Some(measured) = this.measured.take() {

@@ -61,6 +61,7 @@ pub trait PublishMessage {
     /// The context to inject, overriding the current span's.
     ///
     /// By default, `None`: the layer uses the current `tracing` span.
+    #[inline]
     fn parent_context(&self) -> Option<&Context> {
         None
     }
@@ -106,6 +107,7 @@ impl Publish {
     ///
     /// (Named `with_headers` so as not to shadow
     /// [`PublishMessage::headers`], which reads them.)
+    #[inline]
     pub fn with_headers(mut self, headers: HeaderMap) -> Self {
         self.headers = Some(headers);
         self
@@ -129,33 +131,39 @@ impl Publish {
     }
 
     /// Sets the reply subject.
+    #[inline]
     pub fn reply(mut self, reply: impl Into<Subject>) -> Self {
         self.reply = Some(reply.into());
         self
     }
 
     /// Sets the context to inject, instead of the current span's.
+    #[inline]
     pub fn context(mut self, cx: Context) -> Self {
         self.context = Some(cx);
         self
     }
 
     /// The payload.
+    #[inline]
     pub fn payload(&self) -> &Bytes {
         &self.payload
     }
 
     /// The headers, if any.
+    #[inline]
     pub fn header_map(&self) -> Option<&HeaderMap> {
         self.headers.as_ref()
     }
 
     /// The reply subject, if any.
+    #[inline]
     pub fn reply_subject(&self) -> Option<&Subject> {
         self.reply.as_ref()
     }
 
     /// Splits the message into its parts.
+    #[inline]
     pub fn into_parts(self) -> PublishParts {
         PublishParts {
             subject: self.subject,
@@ -181,22 +189,27 @@ pub struct PublishParts {
 }
 
 impl PublishMessage for Publish {
+    #[inline]
     fn subject(&self) -> &str {
         self.subject.as_str()
     }
 
+    #[inline]
     fn headers(&self) -> Option<&HeaderMap> {
         self.headers.as_ref()
     }
 
+    #[inline]
     fn headers_mut(&mut self) -> &mut HeaderMap {
         self.headers.get_or_insert_with(HeaderMap::new)
     }
 
+    #[inline]
     fn payload(&self) -> &[u8] {
         &self.payload
     }
 
+    #[inline]
     fn parent_context(&self) -> Option<&Context> {
         self.context.as_ref()
     }

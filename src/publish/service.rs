@@ -1,7 +1,9 @@
+use std::borrow::Cow;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context as TaskContext, Poll};
 use std::time::Instant;
 
+use async_nats::HeaderMap;
 use opentelemetry::trace::{SpanContext, TraceContextExt, TraceFlags};
 use opentelemetry::{Context, KeyValue};
 use opentelemetry_sdk::trace::{IdGenerator, RandomIdGenerator};
@@ -118,22 +120,27 @@ where
             layer.metrics.skipped("publish");
             return ResponseFuture::new(self.inner.call(request), MessagingSpan::None);
         }
-        let explicit = request.parent_context().cloned();
-        let has_explicit = explicit.is_some();
+        // The headers are taken out while the request's own context is read
+        // (borrowed, not cloned: no reference count per message) and put
+        // back once the trace headers are in.
+        let mut headers = std::mem::take(request.headers_mut());
+        let caller_set_traceparent = find_header(&headers, TRACEPARENT).is_some();
+        let explicit = request.parent_context();
         let subject = request.subject();
         // The parent, read now when an unsampled one means no span: for a
-        // `tracing` span, the one tracing-opentelemetry would choose. It
-        // takes the explicit context's place (one clone less per publish).
-        let (parent, explicit) = if !layer.spans_disabled && !layer.unsampled_spans {
-            let parent = explicit.unwrap_or_else(|| match layer.tracer {
-                SpanTracer::Tracing => tracing_caller_context(),
-                _ => caller_context(),
-            });
-            (Some(parent), None)
+        // `tracing` span, the one tracing-opentelemetry would choose.
+        let parent: Option<Cow<'_, Context>> = if !layer.spans_disabled && !layer.unsampled_spans {
+            Some(match explicit {
+                Some(explicit) => Cow::Borrowed(explicit),
+                None => Cow::Owned(match layer.tracer {
+                    SpanTracer::Tracing => tracing_caller_context(),
+                    _ => caller_context(),
+                }),
+            })
         } else {
-            (None, explicit)
+            None
         };
-        let unsampled = parent.as_ref().and_then(unsampled_child);
+        let unsampled = parent.as_deref().and_then(unsampled_child);
         let spans = !layer.spans_disabled && unsampled.is_none();
         // The template names the span and goes on the metrics: resolved
         // only when one of them is due.
@@ -158,7 +165,9 @@ where
         let (mut span, cx) = match destination.filter(|_| spans) {
             None => (
                 MessagingSpan::None,
-                parent.or(explicit).unwrap_or_else(caller_context),
+                parent
+                    .or(explicit.map(Cow::Borrowed))
+                    .unwrap_or_else(|| Cow::Owned(caller_context())),
             ),
             Some(destination) => {
                 let operation = Operation {
@@ -179,26 +188,25 @@ where
                     // tracing-opentelemetry chooses the same parent when
                     // none is given.
                     (SpanTracer::Tracing, Some(parent)) => {
-                        Parent::Caller(has_explicit.then_some(parent))
+                        Parent::Caller(explicit.is_some().then(|| parent.into_owned()))
                     }
-                    (_, None) => Parent::Caller(explicit),
-                    (_, Some(parent)) => Parent::Caller(Some(parent)),
+                    (_, None) => Parent::Caller(explicit.cloned()),
+                    (_, Some(parent)) => Parent::Caller(Some(parent.into_owned())),
                 };
-                operation.start_with(&layer.tracer, parent, || {
-                    recorded_attributes(&request, layer)
-                })
+                let payload_len = request.payload_len();
+                let (span, cx) = operation.start_with(&layer.tracer, parent, || {
+                    recorded_attributes(&headers, payload_len, layer)
+                });
+                (span, Cow::Owned(cx))
             }
         };
 
-        let caller_set_traceparent = request
-            .headers()
-            .is_some_and(|h| find_header(h, TRACEPARENT).is_some());
         if caller_set_traceparent {
             layer.metrics.injected("kept_caller_context");
         } else {
             let (valid, skipped) = {
                 let mut injector =
-                    HeaderInjector::new(request.headers_mut()).header_names(layer.header_names);
+                    HeaderInjector::new(&mut headers).header_names(layer.header_names);
                 let own = span.span_context().or(unsampled.as_ref());
                 let valid = match own.filter(|sc| sc.is_valid()) {
                     Some(sc) => {
@@ -219,7 +227,7 @@ where
                 layer.metrics.injected("injected");
             } else {
                 layer.metrics.injected("no_context");
-                warn_invalid_context_once(&layer.warned_no_context, request.subject());
+                warn_invalid_context_once(&layer.warned_no_context, subject);
             }
             for skip in skipped {
                 span.add_event(
@@ -227,7 +235,7 @@ where
                     vec![KeyValue::new("reason", skip.to_string())],
                 );
                 span.warn(
-                    Some(request.subject()),
+                    Some(subject),
                     format_args!("trace header limited or not injected: {skip}"),
                 );
             }
@@ -237,10 +245,11 @@ where
             let parent = cx.span();
             let producer = span.span_context().unwrap_or_else(|| parent.span_context());
             if within_ratio(producer, *ratio) {
-                hops.apply(request.headers_mut(), producer);
+                hops.apply(&mut headers, producer);
             }
         }
         drop(cx);
+        *request.headers_mut() = headers;
 
         #[cfg(feature = "kv")]
         let write = match &layer.fallback {
@@ -260,10 +269,8 @@ where
             }
             _ => self.inner.call(request),
         };
-        ResponseFuture::new(future, span)
-            .entered_on_poll(instrument)
-            .with_write(write)
-            .measured(&layer.metrics, measured)
+        let measured = measured.map(|(start, attributes)| (&layer.metrics, start, attributes));
+        ResponseFuture::with_all(future, span, instrument, write, measured)
     }
 }
 
@@ -286,21 +293,22 @@ fn unsampled_child(parent: &Context) -> Option<SpanContext> {
 }
 
 /// The PRODUCER span's attributes that are set only on a recorded span: the
-/// body size, the message id (`Nats-Msg-Id`) and the captured headers.
-fn recorded_attributes<R: PublishMessage>(
-    request: &R,
+/// body size, the message id (`Nats-Msg-Id`) and the captured headers,
+/// read from the request's `headers` before the trace headers go in.
+fn recorded_attributes(
+    headers: &HeaderMap,
+    payload_len: usize,
     layer: &TracePropagationLayer,
 ) -> Vec<KeyValue> {
-    let headers = request.headers();
     let mut attributes = Vec::with_capacity(2 + layer.capture_headers.len());
     attributes.push(KeyValue::new(
         semconv::MESSAGING_MESSAGE_BODY_SIZE,
-        request.payload_len() as i64,
+        payload_len as i64,
     ));
-    if let Some((_, id)) = headers.and_then(|h| find_header(h, NATS_MSG_ID)) {
+    if let Some((_, id)) = find_header(headers, NATS_MSG_ID) {
         attributes.push(KeyValue::new(semconv::MESSAGING_MESSAGE_ID, id.to_owned()));
     }
-    attributes.extend(captured_headers(headers, &layer.capture_headers));
+    attributes.extend(captured_headers(Some(headers), &layer.capture_headers));
     attributes
 }
 
