@@ -60,25 +60,27 @@ impl Service<Publish> for CorePublisher {
 
     fn call(&mut self, request: Publish) -> Self::Future {
         let client = Arc::clone(&self.client);
-        let parts = request.into_parts();
+        let Publish {
+            subject,
+            payload,
+            headers,
+            reply,
+            context: _,
+        } = request;
+        let headers = headers.unwrap_or_default();
         // One future per case, each boxed at its own size: the common one
         // (no reply subject) is the smaller.
-        match parts.reply {
+        match reply {
             Some(reply) => Box::pin(async move {
                 client
-                    .publish_with_reply_and_headers(
-                        parts.subject,
-                        reply,
-                        parts.headers,
-                        parts.payload,
-                    )
+                    .publish_with_reply_and_headers(subject, reply, headers, payload)
                     .await
             }),
-            None => Box::pin(async move {
-                client
-                    .publish_with_headers(parts.subject, parts.headers, parts.payload)
-                    .await
-            }),
+            None => {
+                Box::pin(
+                    async move { client.publish_with_headers(subject, headers, payload).await },
+                )
+            }
         }
     }
 }

@@ -198,11 +198,14 @@ where
             } = *measured;
             metrics.sent(start, &attributes, error_type.as_deref());
         }
-        if let Some(mut span) = this.span.take() {
-            if let (Err(error), Some(error_type)) = (&output, error_type) {
-                span.record_error(error_type, error);
+        match this.span.take() {
+            None | Some(MessagingSpan::None) => {}
+            Some(mut span) => {
+                if let (Err(error), Some(error_type)) = (&output, error_type) {
+                    span.record_error(error_type, error);
+                }
+                span.end();
             }
-            span.end();
         }
         Poll::Ready(output.map_err(Error::Publish))
     }

@@ -84,11 +84,11 @@ pub trait PublishMessage {
 /// ```
 #[derive(Debug, Clone)]
 pub struct Publish {
-    subject: Subject,
-    payload: Bytes,
-    headers: Option<HeaderMap>,
-    reply: Option<Subject>,
-    context: Option<Context>,
+    pub(super) subject: Subject,
+    pub(super) payload: Bytes,
+    pub(super) headers: Option<HeaderMap>,
+    pub(super) reply: Option<Subject>,
+    pub(super) context: Option<Context>,
 }
 
 impl Publish {
