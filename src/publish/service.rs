@@ -1,4 +1,3 @@
-use std::borrow::Cow;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context as TaskContext, Poll};
 use std::time::Instant;
@@ -128,11 +127,14 @@ where
         let explicit = request.parent_context();
         let subject = request.subject();
         // The parent, read now when an unsampled one means no span: for a
-        // `tracing` span, the one tracing-opentelemetry would choose.
-        let parent: Option<Cow<'_, Context>> = if !layer.spans_disabled && !layer.unsampled_spans {
+        // `tracing` span, the one tracing-opentelemetry would choose. Held
+        // by reference (a caller's context read here lives in `read`), so
+        // the no-span path moves no context around.
+        let mut read: Option<Context> = None;
+        let parent: Option<&Context> = if !layer.spans_disabled && !layer.unsampled_spans {
             Some(match explicit {
-                Some(explicit) => Cow::Borrowed(explicit),
-                None => Cow::Owned(match layer.tracer {
+                Some(explicit) => explicit,
+                None => read.insert(match layer.tracer {
                     SpanTracer::Tracing => tracing_caller_context(),
                     _ => caller_context(),
                 }),
@@ -140,7 +142,7 @@ where
         } else {
             None
         };
-        let unsampled = parent.as_deref().and_then(unsampled_child);
+        let unsampled = parent.and_then(unsampled_child);
         let spans = !layer.spans_disabled && unsampled.is_none();
         // The template names the span and goes on the metrics: resolved
         // only when one of them is due.
@@ -162,12 +164,14 @@ where
         // The span, and the context to inject: a `tracing` span's own, or
         // the parent of a tracer span, whose context is injected over it;
         // under an unsampled parent, no span but its would-be context.
-        let (mut span, cx) = match destination.filter(|_| spans) {
+        let mut fallback: Option<Context> = None;
+        let (mut span, cx): (MessagingSpan, &Context) = match destination.filter(|_| spans) {
             None => (
                 MessagingSpan::None,
-                parent
-                    .or(explicit.map(Cow::Borrowed))
-                    .unwrap_or_else(|| Cow::Owned(caller_context())),
+                match parent.or(explicit) {
+                    Some(cx) => cx,
+                    None => fallback.insert(caller_context()),
+                },
             ),
             Some(destination) => {
                 let operation = Operation {
@@ -182,22 +186,21 @@ where
                     }
                     .into(),
                 };
-                // A tracer span's parent was read above; a `tracing` span's is
+                // A tracer span's parent was read above (a caller's context
+                // read then is moved on, not cloned); a `tracing` span's is
                 // tracing-opentelemetry's choice unless explicit.
-                let parent = match (&layer.tracer, parent) {
+                let parent = match (&layer.tracer, parent.is_some()) {
                     // tracing-opentelemetry chooses the same parent when
                     // none is given.
-                    (SpanTracer::Tracing, Some(parent)) => {
-                        Parent::Caller(explicit.is_some().then(|| parent.into_owned()))
-                    }
-                    (_, None) => Parent::Caller(explicit.cloned()),
-                    (_, Some(parent)) => Parent::Caller(Some(parent.into_owned())),
+                    (SpanTracer::Tracing, true) => Parent::Caller(explicit.cloned()),
+                    (_, false) => Parent::Caller(explicit.cloned()),
+                    (_, true) => Parent::Caller(read.take().or_else(|| explicit.cloned())),
                 };
                 let payload_len = request.payload_len();
                 let (span, cx) = operation.start_with(&layer.tracer, parent, || {
                     recorded_attributes(&headers, payload_len, layer)
                 });
-                (span, Cow::Owned(cx))
+                (span, fallback.insert(cx))
             }
         };
 
@@ -210,14 +213,14 @@ where
                 let own = span.span_context().or(unsampled.as_ref());
                 let valid = match own.filter(|sc| sc.is_valid()) {
                     Some(sc) => {
-                        layer.propagator.inject_span(sc, &cx, &mut injector);
+                        layer.propagator.inject_span(sc, cx, &mut injector);
                         true
                     }
                     // No span, or the tracer made an empty one (a provider
                     // that was shut down, suppressed telemetry): the
                     // caller's context goes on as it is.
                     None => {
-                        layer.propagator.inject(&cx, &mut injector);
+                        layer.propagator.inject(cx, &mut injector);
                         cx.span().span_context().is_valid()
                     }
                 };
@@ -248,7 +251,8 @@ where
                 hops.apply(&mut headers, producer);
             }
         }
-        drop(cx);
+        // The contexts read for this message are not kept past it.
+        drop((read, fallback));
         *request.headers_mut() = headers;
 
         #[cfg(feature = "kv")]
