@@ -22,6 +22,7 @@
 //! | `NATS_OTEL_BENCH_PAYLOAD` | 128 | payload bytes |
 //! | `NATS_OTEL_BENCH_STORAGE` | `file` | storage of the benchmark's streams and KV bucket, `file` (JetStream's default) or `memory` |
 //! | `NATS_OTEL_BENCH_WORKERS` | 0 | worker threads of the client's runtime; 0 runs everything, the client's connection task included, on one thread (every nanosecond the layer adds shows); with workers, the connection task runs beside the publishing loop |
+//! | `NATS_OTEL_BENCH_PIN` | (off) | `CLIENT/SERVER` CPU lists, e.g. `0/1`: pins the benchmark (client) and nats-server to separate CPUs with `taskset` (Linux, util-linux), which takes most of the run-to-run drift of a shared machine out of the ratios |
 //! | `NATS_OTEL_BENCH_STRIPPED_PROBE` | (off) | `1`: after the `stripped` rows, print where a stripped consume's time goes: raw `kv.get` rates by lookups in flight, batched direct gets (`multi_last`), the adapter by `kv_lookahead` (single runs, not paired) |
 //! | `NATS_OTEL_BENCH_ONLY` | (all) | comma-separated subset: `core`, `core_sampled`, `core_tracer`, `core_tracer_sampled`, `core_nospans`, `core_hand_written`, `core_hand_written_sampled`, `core_names`, `js`, `js_tracer`, `consume`, `consume_tracer` (against hand-written code that links its span to the creation context, as the conventions require and the adapter does), `consume_no_link`, `consume_tracer_no_link` (the same without the link), `kv`, `stripped` (consume with the KV fallback, headers stripped vs intact: `messages()`, `fetch()`, `messages()` with `kv_lookahead(1)`), `hops` (core publish with sampled spans, `server_hops(bridge.publish_settings(), ratio)` with a running `ServerHops` bridge on its own connection vs no server hops, at ratio 1.0 and 0.1, then the bridge's stats; `NATS_OTEL_BENCH_MESSAGES` per run), `rss` |
 //!
@@ -83,6 +84,8 @@ pub(crate) struct Settings {
     pub(crate) storage: stream::StorageType,
     /// Worker threads of the runtime (0: the current thread only).
     pub(crate) workers: usize,
+    /// The CPUs the benchmark and nats-server are pinned to, if any.
+    pub(crate) pin: Option<(String, String)>,
 }
 
 pub(crate) fn env(name: &str, default: usize) -> usize {
@@ -110,8 +113,36 @@ impl Settings {
                 Ok(other) => panic!("NATS_OTEL_BENCH_STORAGE={other:?}: use file or memory"),
             },
             workers: env("NATS_OTEL_BENCH_WORKERS", 0),
+            pin: std::env::var("NATS_OTEL_BENCH_PIN")
+                .ok()
+                .map(|v| match v.split_once('/') {
+                    Some((client, server)) if !client.is_empty() && !server.is_empty() => {
+                        (client.to_owned(), server.to_owned())
+                    }
+                    _ => panic!("NATS_OTEL_BENCH_PIN={v:?}: use CLIENT/SERVER CPU lists, e.g. 0/1"),
+                }),
         }
     }
+}
+
+/// Pins every thread of process `pid` (and those it starts later) to the
+/// CPUs in `cpus`, with `taskset` (util-linux).
+fn pin(pid: u32, cpus: &str, what: &str) -> Result<()> {
+    let status = std::process::Command::new("taskset")
+        .args(["--all-tasks", "--cpu-list", "--pid", cpus, &pid.to_string()])
+        .stdout(std::process::Stdio::null())
+        .status()
+        .map_err(|e| {
+            format!(
+                "NATS_OTEL_BENCH_PIN: cannot run taskset ({e}); install util-linux, or unset it"
+            )
+        })?;
+    if !status.success() {
+        return Err(
+            format!("NATS_OTEL_BENCH_PIN: taskset could not pin {what} to CPUs {cpus}").into(),
+        );
+    }
+    Ok(())
 }
 
 fn print_table(rows: &[Row], s: &Settings) {
@@ -148,6 +179,12 @@ fn main() -> Result<()> {
         .config("write_deadline: \"60s\"\nmax_pending: 268435456\n")
         .wait_healthy(true)
         .start();
+    if let Some((client, server_cpus)) = &s.pin {
+        let server_pid = server.pid().ok_or("nats-server has no pid")?;
+        pin(server_pid, server_cpus, "nats-server")?;
+        pin(std::process::id(), client, "the benchmark")?;
+        eprintln!("pinned: benchmark to CPUs {client}, nats-server to CPUs {server_cpus}");
+    }
     eprintln!(
         "nats-server {} at {}; rounds {}, messages {}, JetStream {}, KV {}, window {}, payload {} B, streams on {:?}, runtime workers {}",
         server.version(),
