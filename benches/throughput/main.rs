@@ -24,7 +24,7 @@
 //! | `NATS_OTEL_BENCH_WORKERS` | 0 | worker threads of the client's runtime; 0 runs everything, the client's connection task included, on one thread (every nanosecond the layer adds shows); with workers, the connection task runs beside the publishing loop |
 //! | `NATS_OTEL_BENCH_PIN` | (off) | `CLIENT/SERVER` CPU lists, e.g. `0/1`: pins the benchmark (client) and nats-server to separate CPUs with `taskset` (Linux, util-linux), which takes most of the run-to-run drift of a shared machine out of the ratios |
 //! | `NATS_OTEL_BENCH_STRIPPED_PROBE` | (off) | `1`: after the `stripped` rows, print where a stripped consume's time goes: raw `kv.get` rates by lookups in flight, batched direct gets (`multi_last`), the adapter by `kv_lookahead` (single runs, not paired) |
-//! | `NATS_OTEL_BENCH_ONLY` | (all) | comma-separated subset: `core`, `core_sampled`, `core_tracer`, `core_tracer_sampled`, `core_nospans`, `core_hand_written`, `core_hand_written_sampled`, `core_names`, `js`, `js_tracer`, `consume`, `consume_tracer` (against hand-written code that links its span to the creation context, as the conventions require and the adapter does), `consume_no_link`, `consume_tracer_no_link` (the same without the link), `kv`, `stripped` (consume with the KV fallback, headers stripped vs intact: `messages()`, `fetch()`, `messages()` with `kv_lookahead(1)`), `hops` (core publish with sampled spans, `server_hops(bridge.publish_settings(), ratio)` with a running `ServerHops` bridge on its own connection vs no server hops, at ratio 1.0 and 0.1, then the bridge's stats; `NATS_OTEL_BENCH_MESSAGES` per run), `rss` |
+//! | `NATS_OTEL_BENCH_ONLY` | (all) | comma-separated subset: `core`, `core_sampled`, `core_tracer`, `core_tracer_sampled`, `core_nospans`, `core_w3c`, `core_nospans_w3c` (`core` and `core_nospans` with `.propagator(W3cPropagator::new())`), `core_hand_written`, `core_hand_written_sampled`, `core_names`, `js`, `js_tracer`, `consume`, `consume_tracer` (against hand-written code that links its span to the creation context, as the conventions require and the adapter does), `consume_no_link`, `consume_tracer_no_link` (the same without the link), `kv`, `stripped` (consume with the KV fallback, headers stripped vs intact: `messages()`, `fetch()`, `messages()` with `kv_lookahead(1)`), `hops` (core publish with sampled spans, `server_hops(bridge.publish_settings(), ratio)` with a running `ServerHops` bridge on its own connection vs no server hops, at ratio 1.0 and 0.1, then the bridge's stats; `NATS_OTEL_BENCH_MESSAGES` per run), `rss` |
 //!
 //! Under `cargo test --benches` (no `--bench` argument) it does nothing.
 
@@ -56,9 +56,11 @@ use bytes::Bytes;
 use futures::stream::FuturesUnordered;
 use futures::StreamExt;
 use nats_otel::{
-    fallback::FallbackKey, propagation::HeaderInjector, publish::JetStreamSender, ContextSource,
-    CorePublisher, HeaderNames, JetStreamPublisher, KvFallback, MessageContextExt, Publish,
-    TraceContextStreamExt, TracePropagationLayer,
+    fallback::FallbackKey,
+    propagation::{HeaderInjector, W3cPropagator},
+    publish::JetStreamSender,
+    ContextSource, CorePublisher, HeaderNames, JetStreamPublisher, KvFallback, MessageContextExt,
+    Publish, TraceContextStreamExt, TracePropagationLayer,
 };
 use nats_server_harness as server;
 use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
@@ -289,6 +291,24 @@ fn main() -> Result<()> {
             Baseline::Raw,
             "core publish, producer_spans(false): inject the caller's context only",
             ">= 0.85",
+        ),
+        (
+            "core_w3c",
+            &unsampled,
+            Producer::W3c(Box::new(Producer::Spans)),
+            false,
+            Baseline::Raw,
+            "core publish, `tracing` spans, caller's context not sampled, `.propagator(W3cPropagator::new())` (the global propagator not read)",
+            "(informational)",
+        ),
+        (
+            "core_nospans_w3c",
+            &unsampled,
+            Producer::W3c(Box::new(Producer::NoSpans(HeaderNames::Both))),
+            false,
+            Baseline::Raw,
+            "core publish, producer_spans(false), `.propagator(W3cPropagator::new())` (the global propagator not read)",
+            "(informational)",
         ),
         (
             "core_hand_written",

@@ -14,6 +14,9 @@ pub(crate) enum Producer {
     /// `producer_spans(false)`: the caller's context is injected as is
     /// (given explicitly with `Publish::context`), under these names.
     NoSpans(HeaderNames),
+    /// A set-up above with `.propagator(W3cPropagator::new())`: the same
+    /// W3C fast path, the global propagator never read.
+    W3c(Box<Producer>),
 }
 
 impl Producer {
@@ -24,6 +27,7 @@ impl Producer {
             Producer::NoSpans(names) => TracePropagationLayer::new()
                 .producer_spans(false)
                 .header_names(*names),
+            Producer::W3c(producer) => producer.layer().propagator(W3cPropagator::new()),
         }
     }
 }

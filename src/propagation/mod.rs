@@ -49,7 +49,7 @@ mod w3c;
 
 pub use carrier::TraceCarrier;
 pub use headers::{HeaderExtractor, HeaderInjector, HeaderNames, InjectSkip};
-pub use propagator::global_propagator_is_noop;
+pub use propagator::{global_propagator_is_noop, W3cPropagator};
 pub use w3c::{check_traceparent, TraceparentProblem, BAGGAGE, TRACEPARENT, TRACESTATE};
 
 pub(crate) use extract::{context_from_carrier, extract_headers};

@@ -6,15 +6,19 @@
 //! been set, and W3C Trace Context + Baggage when the global is still the
 //! no-op. An explicit propagator always wins.
 
+use std::any::TypeId;
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 
 use opentelemetry::global;
-use opentelemetry::propagation::TextMapPropagator;
+use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
 use opentelemetry::trace::{SpanContext, TraceContextExt};
 use opentelemetry::Context;
 
+use super::extract::decode_w3c;
 use super::headers::HeaderInjector;
+use super::w3c::{baggage_value, extract_baggage, traceparent_string, tracestate_value};
+use super::w3c::{BAGGAGE, TRACEPARENT, TRACESTATE};
 
 /// The propagator used by the layer and the consumer adapter.
 #[derive(Clone, Default)]
@@ -22,6 +26,9 @@ pub(crate) enum PropagatorChoice {
     /// The global propagator if set, else W3C Trace Context + Baggage.
     #[default]
     Auto,
+    /// [`W3cPropagator`], given by the user: the fast path, without reading
+    /// the global.
+    W3c,
     /// A propagator given by the user.
     Custom(Arc<dyn TextMapPropagator + Send + Sync>),
 }
@@ -30,6 +37,7 @@ impl fmt::Debug for PropagatorChoice {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Auto => f.write_str("Auto"),
+            Self::W3c => f.write_str("W3c"),
             Self::Custom(p) => {
                 let fields: Vec<&str> = p.fields().collect();
                 f.debug_tuple("Custom").field(&fields).finish()
@@ -39,22 +47,29 @@ impl fmt::Debug for PropagatorChoice {
 }
 
 impl PropagatorChoice {
+    /// `propagator`, or the fast path when it is the crate's
+    /// [`W3cPropagator`].
     pub(crate) fn custom<P>(propagator: P) -> Self
     where
         P: TextMapPropagator + Send + Sync + 'static,
     {
+        if TypeId::of::<P>() == TypeId::of::<W3cPropagator>() {
+            return Self::W3c;
+        }
         Self::Custom(Arc::new(propagator))
     }
 
     /// Runs `f` with the propagator this choice resolves to right now:
-    /// [`Resolved::W3c`] for the crate's default (the global is still the
-    /// no-op), so that callers can take the W3C fast path.
+    /// [`Resolved::W3c`] for [`W3cPropagator`] and for the crate's default
+    /// while the global is still the no-op or is a [`W3cPropagator`], so
+    /// that callers can take the W3C fast path.
     ///
     /// The global is read on every call (one uncontended read lock), so a
     /// propagator set later with `set_text_map_propagator` is noticed at
     /// once.
     pub(crate) fn resolve<R>(&self, f: impl FnOnce(Resolved<'_>) -> R) -> R {
         match self {
+            Self::W3c => f(Resolved::W3c),
             Self::Custom(p) => f(Resolved::Generic(p.as_ref())),
             Self::Auto => {
                 let mut f = Some(f);
@@ -63,7 +78,7 @@ impl PropagatorChoice {
                     let Some(f) = f.take() else {
                         unreachable!("get_text_map_propagator calls its closure once")
                     };
-                    if is_noop(global) {
+                    if is_noop(global) || is_w3c_propagator(global) {
                         f(Resolved::W3c)
                     } else {
                         f(Resolved::Generic(global))
@@ -113,6 +128,137 @@ pub(crate) fn is_noop(propagator: &dyn TextMapPropagator) -> bool {
     propagator.fields().next().is_none()
 }
 
+/// The fields [`W3cPropagator`] declares. Only it hands out these strings,
+/// so a propagator whose first field is this very string is one (behind a
+/// `dyn`, e.g. as the global propagator).
+static W3C_FIELDS: LazyLock<[String; 3]> = LazyLock::new(|| {
+    [
+        TRACEPARENT.to_owned(),
+        TRACESTATE.to_owned(),
+        BAGGAGE.to_owned(),
+    ]
+});
+
+/// Whether `propagator` is a [`W3cPropagator`].
+fn is_w3c_propagator(propagator: &dyn TextMapPropagator) -> bool {
+    propagator
+        .fields()
+        .next()
+        .is_some_and(|first| std::ptr::eq(first.as_ptr(), W3C_FIELDS[0].as_ptr()))
+}
+
+/// W3C Trace Context and W3C Baggage in one propagator, with this crate's
+/// codec and limits.
+///
+/// It writes and reads what OpenTelemetry's `TraceContextPropagator` and
+/// `BaggagePropagator` together do (an empty `tracestate` is left out), held
+/// to every W3C rule and limit the crate applies to headers: a
+/// `traceparent` that breaks one starts no trace, a `tracestate` of more
+/// than 32 members is dropped and one over 512 characters keeps whole
+/// members, a `baggage` over 8192 bytes is dropped (see the
+/// [module docs](crate::propagation)).
+///
+/// Use it
+/// - on the layer or the consumer adapter (`.propagator(W3cPropagator::new())`):
+///   they take their W3C fast path and never read the global propagator
+///   (one lock per message less; a propagator set later is then not
+///   used);
+/// - as the global propagator, for every other instrumentation too: the
+///   layer and the adapter recognise it and take the same fast path.
+///
+/// # Examples
+///
+/// As the global propagator:
+///
+/// ```
+/// use nats_otel::propagation::W3cPropagator;
+///
+/// opentelemetry::global::set_text_map_propagator(W3cPropagator::new());
+/// assert!(!nats_otel::propagation::global_propagator_is_noop());
+/// ```
+///
+/// Through any carrier:
+///
+/// ```
+/// use std::collections::HashMap;
+///
+/// use nats_otel::propagation::W3cPropagator;
+/// use opentelemetry::propagation::TextMapPropagator;
+/// use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState};
+/// use opentelemetry::Context;
+///
+/// let sent = Context::new().with_remote_span_context(SpanContext::new(
+///     TraceId::from(0x0af7651916cd43dd8448eb211c80319c),
+///     SpanId::from(0xb7ad6b7169203331),
+///     TraceFlags::SAMPLED,
+///     true,
+///     TraceState::NONE,
+/// ));
+/// let mut carrier = HashMap::new();
+/// W3cPropagator::new().inject_context(&sent, &mut carrier);
+/// assert_eq!(
+///     carrier["traceparent"],
+///     "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+/// );
+///
+/// let received = W3cPropagator::new().extract(&carrier);
+/// assert_eq!(received.span().span_context(), sent.span().span_context());
+/// ```
+#[derive(Debug, Clone, Copy, Default)]
+pub struct W3cPropagator {
+    _private: (),
+}
+
+impl W3cPropagator {
+    /// The propagator.
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+impl TextMapPropagator for W3cPropagator {
+    fn inject_context(&self, cx: &Context, injector: &mut dyn Injector) {
+        let span = cx.span();
+        let sc = span.span_context();
+        if sc.is_valid() {
+            injector.set(
+                TRACEPARENT,
+                traceparent_string(sc.trace_id(), sc.span_id(), sc.trace_flags()),
+            );
+            if let Some((value, _)) = tracestate_value(sc.trace_state()) {
+                injector.set(TRACESTATE, value);
+            }
+        }
+        if let Some((value, _)) = baggage_value(cx) {
+            injector.set(BAGGAGE, value);
+        }
+    }
+
+    fn extract_with_context(&self, cx: &Context, extractor: &dyn Extractor) -> Context {
+        let decoded = decode_w3c(
+            extractor.get(TRACEPARENT).map(|value| (TRACEPARENT, value)),
+            extractor.get(TRACESTATE),
+            None,
+        );
+        let found = decoded.context.span().span_context().clone();
+        let cx = if found.is_valid() {
+            cx.with_remote_span_context(found)
+        } else {
+            cx.clone()
+        };
+        // As the SDK's `BaggagePropagator`: a `baggage` header replaces the
+        // baggage (one over the limit is dropped, the context kept as is).
+        match extractor.get(BAGGAGE) {
+            Some(value) => extract_baggage(cx, value).0,
+            None => cx,
+        }
+    }
+
+    fn fields(&self) -> opentelemetry::propagation::text_map_propagator::FieldIter<'_> {
+        opentelemetry::propagation::text_map_propagator::FieldIter::new(W3C_FIELDS.as_slice())
+    }
+}
+
 /// Whether the global text-map propagator is still OpenTelemetry's default
 /// no-op (nothing has called `opentelemetry::global::set_text_map_propagator`).
 ///
@@ -130,4 +276,113 @@ pub(crate) fn is_noop(propagator: &dyn TextMapPropagator) -> bool {
 /// ```
 pub fn global_propagator_is_noop() -> bool {
     global::get_text_map_propagator(is_noop)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use opentelemetry::baggage::BaggageExt;
+    use opentelemetry::propagation::{TextMapCompositePropagator, TextMapPropagator};
+    use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId};
+    use opentelemetry::{Context, KeyValue};
+    use opentelemetry_sdk::propagation::{BaggagePropagator, TraceContextPropagator};
+
+    use super::{is_noop, is_w3c_propagator, PropagatorChoice, W3cPropagator};
+
+    fn sdk() -> TextMapCompositePropagator {
+        TextMapCompositePropagator::new(vec![
+            Box::new(TraceContextPropagator::new()),
+            Box::new(BaggagePropagator::new()),
+        ])
+    }
+
+    fn sent() -> Context {
+        Context::new()
+            .with_remote_span_context(SpanContext::new(
+                TraceId::from(0x0af7651916cd43dd8448eb211c80319c),
+                SpanId::from(0xb7ad6b7169203331),
+                TraceFlags::SAMPLED,
+                true,
+                "rojo=00f067aa0ba902b7,congo=t61rcWkgMzE".parse().unwrap(),
+            ))
+            .with_baggage([
+                KeyValue::new("user", "alice é"),
+                KeyValue::new("tenant", "acme"),
+            ])
+    }
+
+    fn entries(cx: &Context) -> Vec<(String, String)> {
+        let mut entries: Vec<_> = cx
+            .baggage()
+            .iter()
+            .map(|(k, (v, _))| (k.to_string(), v.to_string()))
+            .collect();
+        entries.sort();
+        entries
+    }
+
+    #[test]
+    fn writes_and_reads_what_the_sdk_pair_does() {
+        let mut ours = HashMap::new();
+        W3cPropagator::new().inject_context(&sent(), &mut ours);
+        let mut theirs = HashMap::new();
+        sdk().inject_context(&sent(), &mut theirs);
+        assert_eq!(ours["traceparent"], theirs["traceparent"]);
+        assert_eq!(ours["tracestate"], theirs["tracestate"]);
+        assert_eq!(ours.len(), 3, "{ours:?}");
+        // Each reads the other's carrier to the same context.
+        for carrier in [&ours, &theirs] {
+            let a = W3cPropagator::new().extract(carrier);
+            let b = sdk().extract(carrier);
+            assert_eq!(a.span().span_context(), b.span().span_context());
+            assert_eq!(a.span().span_context(), sent().span().span_context());
+            assert_eq!(entries(&a), entries(&b));
+            assert_eq!(entries(&a), entries(&sent()));
+        }
+    }
+
+    #[test]
+    fn extraction_keeps_the_base_context_where_nothing_is_found() {
+        let base = Context::new().with_baggage([KeyValue::new("kept", "yes")]);
+        let cx =
+            W3cPropagator::new().extract_with_context(&base, &HashMap::<String, String>::new());
+        assert!(!cx.span().span_context().is_valid());
+        assert_eq!(entries(&cx), vec![("kept".into(), "yes".into())]);
+        // A traceparent that breaks a W3C rule (uppercase hex) gives no
+        // span; a baggage header replaces the base's baggage.
+        let carrier = HashMap::from([
+            (
+                "traceparent".to_owned(),
+                "00-0AF7651916CD43DD8448EB211C80319C-B7AD6B7169203331-01".to_owned(),
+            ),
+            ("baggage".to_owned(), "tenant=acme".to_owned()),
+        ]);
+        let cx = W3cPropagator::new().extract_with_context(&base, &carrier);
+        assert!(!cx.span().span_context().is_valid());
+        assert_eq!(entries(&cx), vec![("tenant".into(), "acme".into())]);
+    }
+
+    #[test]
+    fn is_recognised_given_and_behind_a_dyn() {
+        assert!(matches!(
+            PropagatorChoice::custom(W3cPropagator::new()),
+            PropagatorChoice::W3c
+        ));
+        assert!(matches!(
+            PropagatorChoice::custom(TraceContextPropagator::new()),
+            PropagatorChoice::Custom(_)
+        ));
+        let boxed: Box<dyn TextMapPropagator + Send + Sync> = Box::new(W3cPropagator::new());
+        assert!(is_w3c_propagator(boxed.as_ref()));
+        assert!(!is_noop(boxed.as_ref()));
+        // Same field names, other propagators: not taken for ours.
+        assert!(!is_w3c_propagator(&sdk()));
+        assert!(!is_w3c_propagator(&TraceContextPropagator::new()));
+        assert!(!is_w3c_propagator(
+            &opentelemetry::trace::noop::NoopTextMapPropagator::new()
+        ));
+        let composite = TextMapCompositePropagator::new(vec![Box::new(W3cPropagator::new())]);
+        assert!(!is_w3c_propagator(&composite));
+    }
 }

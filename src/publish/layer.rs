@@ -131,12 +131,19 @@ impl TracePropagationLayer {
     /// A layer with the default propagator.
     ///
     /// By default, the global propagator is used when one has been set, and
-    /// W3C Trace Context + Baggage when the global is still the no-op.
+    /// W3C Trace Context + Baggage when the global is still the no-op (the
+    /// crate's fast path, also taken when the global is a
+    /// [`W3cPropagator`](crate::propagation::W3cPropagator)). The global is
+    /// read for every message, so one set later is used from then on.
     pub fn new() -> Self {
         Self::default()
     }
 
     /// Uses `propagator` instead of the default choice.
+    ///
+    /// With [`W3cPropagator`](crate::propagation::W3cPropagator), the
+    /// crate's W3C fast path is taken and the global propagator is never
+    /// read (one lock less per message).
     pub fn propagator<P>(mut self, propagator: P) -> Self
     where
         P: TextMapPropagator + Send + Sync + 'static,

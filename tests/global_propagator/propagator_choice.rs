@@ -1,9 +1,11 @@
 //! Which propagator injects and extracts when the global one is set, and
 //! when a custom one is passed to both sides.
 //!
-//! Every test here sets the global text-map propagator to W3C Trace
-//! Context alone (no baggage) and holds it (`crate::set_propagator`).
+//! Every test here sets the global text-map propagator it needs (mostly
+//! W3C Trace Context alone, no baggage) and holds it
+//! (`crate::set_propagator`).
 
+use nats_otel::propagation::W3cPropagator;
 use nats_otel::{
     consume::NoContextReason, propagation::global_propagator_is_noop, ContextSource,
     MessageContextExt, TraceContextStreamExt, TracePropagationLayer,
@@ -54,6 +56,77 @@ async fn global_trace_context_propagator_is_used_when_set() {
     let publish = telemetry.span("publish jobs.global");
     let process = telemetry.span("process jobs.global");
     assert_child_of(&publish, &api);
+    assert_child_of(&process, &publish);
+}
+
+#[tokio::test]
+async fn w3c_propagator_as_the_global_carries_trace_and_baggage_across() {
+    let _global = set_propagator(W3cPropagator::new()).await;
+    assert!(!global_propagator_is_noop());
+    let telemetry = Telemetry::install();
+    let server = NatsServer::start();
+    let client = connect(&server).await;
+    let mut jobs = traced_subscription(&client, "jobs.w3c").await;
+
+    publish_from_api(TracePropagationLayer::new(), &client, "jobs.w3c").await;
+
+    let (message, cx) = next(&mut jobs).await;
+    let headers = message.headers.as_ref().expect("headers were injected");
+    assert!(headers.get("traceparent").is_some(), "{headers:?}");
+    assert_eq!(
+        headers.get("baggage").map(|v| v.as_str()),
+        Some("tenant=acme"),
+        "{headers:?}"
+    );
+    let record = cx.extraction().unwrap();
+    assert_eq!(record.source(), ContextSource::Headers, "{record}");
+    assert_eq!(
+        cx.baggage().get("tenant").map(|v| v.to_string()),
+        Some("acme".to_owned())
+    );
+    drop(cx);
+
+    let api = telemetry.span("api");
+    let publish = telemetry.span("publish jobs.w3c");
+    let process = telemetry.span("process jobs.w3c");
+    assert_child_of(&publish, &api);
+    assert_child_of(&process, &publish);
+}
+
+#[tokio::test]
+async fn w3c_propagator_given_to_both_sides_wins_over_the_global() {
+    // The global writes and reads other names: only the explicit choice
+    // can carry the trace and the baggage here.
+    let _global = set_propagator(RenamedTraceContext::new()).await;
+    let telemetry = Telemetry::install();
+    let server = NatsServer::start();
+    let client = connect(&server).await;
+    let mut jobs = client
+        .subscribe("jobs.w3c_given")
+        .await
+        .unwrap()
+        .with_trace_context()
+        .propagator(W3cPropagator::new());
+
+    publish_from_api(
+        TracePropagationLayer::new().propagator(W3cPropagator::new()),
+        &client,
+        "jobs.w3c_given",
+    )
+    .await;
+
+    let (message, cx) = next(&mut jobs).await;
+    let headers = message.headers.as_ref().expect("headers were injected");
+    assert!(headers.get("traceparent").is_some(), "{headers:?}");
+    assert!(headers.get("x-parent").is_none(), "{headers:?}");
+    assert!(headers.get("baggage").is_some(), "{headers:?}");
+    let record = cx.extraction().unwrap();
+    assert_eq!(record.source(), ContextSource::Headers, "{record}");
+    assert_eq!(cx.baggage().len(), 1);
+    drop(cx);
+
+    let publish = telemetry.span("publish jobs.w3c_given");
+    let process = telemetry.span("process jobs.w3c_given");
     assert_child_of(&process, &publish);
 }
 
