@@ -61,8 +61,8 @@ impl PropagatorChoice {
 
     /// Runs `f` with the propagator this choice resolves to right now:
     /// [`Resolved::W3c`] for [`W3cPropagator`] and for the crate's default
-    /// while the global is still the no-op or is a [`W3cPropagator`], so
-    /// that callers can take the W3C fast path.
+    /// while the global is still the no-op, so that callers can take the
+    /// W3C fast path.
     ///
     /// The global is read on every call (one uncontended read lock), so a
     /// propagator set later with `set_text_map_propagator` is noticed at
@@ -78,7 +78,7 @@ impl PropagatorChoice {
                     let Some(f) = f.take() else {
                         unreachable!("get_text_map_propagator calls its closure once")
                     };
-                    if is_noop(global) || is_w3c_propagator(global) {
+                    if is_noop(global) {
                         f(Resolved::W3c)
                     } else {
                         f(Resolved::Generic(global))
@@ -128,9 +128,7 @@ pub(crate) fn is_noop(propagator: &dyn TextMapPropagator) -> bool {
     propagator.fields().next().is_none()
 }
 
-/// The fields [`W3cPropagator`] declares. Only it hands out these strings,
-/// so a propagator whose first field is this very string is one (behind a
-/// `dyn`, e.g. as the global propagator).
+/// The fields [`W3cPropagator`] declares.
 static W3C_FIELDS: LazyLock<[String; 3]> = LazyLock::new(|| {
     [
         TRACEPARENT.to_owned(),
@@ -139,32 +137,33 @@ static W3C_FIELDS: LazyLock<[String; 3]> = LazyLock::new(|| {
     ]
 });
 
-/// Whether `propagator` is a [`W3cPropagator`].
-fn is_w3c_propagator(propagator: &dyn TextMapPropagator) -> bool {
-    propagator
-        .fields()
-        .next()
-        .is_some_and(|first| std::ptr::eq(first.as_ptr(), W3C_FIELDS[0].as_ptr()))
-}
-
 /// W3C Trace Context and W3C Baggage in one propagator, with this crate's
-/// codec and limits.
+/// codec and limits: the same codec the layer and the consumer adapter use
+/// for headers by default.
 ///
 /// It writes and reads what OpenTelemetry's `TraceContextPropagator` and
-/// `BaggagePropagator` together do (an empty `tracestate` is left out), held
-/// to every W3C rule and limit the crate applies to headers: a
-/// `traceparent` that breaks one starts no trace, a `tracestate` of more
-/// than 32 members is dropped and one over 512 characters keeps whole
-/// members, a `baggage` over 8192 bytes is dropped (see the
-/// [module docs](crate::propagation)).
+/// `BaggagePropagator` together do, held to the W3C rules and limits the
+/// crate applies to headers (see the [module docs](crate::propagation)):
+/// - writing: `traceparent`, and `tracestate` (its first 32 members; left
+///   out when empty) for a valid span context; `baggage` with keys and
+///   values percent-encoded as the SDK encodes them and `%` and `\` in
+///   values too, whole members left out to stay within 180 members and
+///   8192 bytes;
+/// - reading: a `traceparent` that breaks any W3C rule gives no span
+///   context; a `tracestate` of more than 32 members is dropped and one
+///   over 512 characters keeps whole members; a `baggage` over 8192 bytes
+///   is dropped.
 ///
 /// Use it
 /// - on the layer or the consumer adapter (`.propagator(W3cPropagator::new())`):
 ///   they take their W3C fast path and never read the global propagator
 ///   (one lock per message less; a propagator set later is then not
 ///   used);
-/// - as the global propagator, for every other instrumentation too: the
-///   layer and the adapter recognise it and take the same fast path.
+/// - as the global propagator, so that your other instrumentation (HTTP,
+///   gRPC) propagates by the same rules. The layer and the adapter then
+///   call it as they call any global propagator (behind the `dyn` they
+///   cannot tell it from a wrapper around it); give it to them as well to
+///   keep their fast path.
 ///
 /// # Examples
 ///
@@ -288,7 +287,7 @@ mod tests {
     use opentelemetry::{Context, KeyValue};
     use opentelemetry_sdk::propagation::{BaggagePropagator, TraceContextPropagator};
 
-    use super::{is_noop, is_w3c_propagator, PropagatorChoice, W3cPropagator};
+    use super::{is_noop, PropagatorChoice, W3cPropagator};
 
     fn sdk() -> TextMapCompositePropagator {
         TextMapCompositePropagator::new(vec![
@@ -364,7 +363,7 @@ mod tests {
     }
 
     #[test]
-    fn is_recognised_given_and_behind_a_dyn() {
+    fn given_it_takes_the_fast_path_and_the_sdk_pair_does_not() {
         assert!(matches!(
             PropagatorChoice::custom(W3cPropagator::new()),
             PropagatorChoice::W3c
@@ -373,16 +372,12 @@ mod tests {
             PropagatorChoice::custom(TraceContextPropagator::new()),
             PropagatorChoice::Custom(_)
         ));
-        let boxed: Box<dyn TextMapPropagator + Send + Sync> = Box::new(W3cPropagator::new());
-        assert!(is_w3c_propagator(boxed.as_ref()));
-        assert!(!is_noop(boxed.as_ref()));
-        // Same field names, other propagators: not taken for ours.
-        assert!(!is_w3c_propagator(&sdk()));
-        assert!(!is_w3c_propagator(&TraceContextPropagator::new()));
-        assert!(!is_w3c_propagator(
-            &opentelemetry::trace::noop::NoopTextMapPropagator::new()
+        assert!(matches!(
+            PropagatorChoice::custom(sdk()),
+            PropagatorChoice::Custom(_)
         ));
-        let composite = TextMapCompositePropagator::new(vec![Box::new(W3cPropagator::new())]);
-        assert!(!is_w3c_propagator(&composite));
+        // It declares its fields: as the global, it is not taken for the
+        // no-op (whose place the crate's default would take).
+        assert!(!is_noop(&W3cPropagator::new()));
     }
 }

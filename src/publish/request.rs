@@ -45,7 +45,10 @@ pub trait PublishMessage {
     /// The headers, if any were set.
     fn headers(&self) -> Option<&HeaderMap>;
 
-    /// The headers, created empty if there were none.
+    /// The headers, created empty if there were none: the same map
+    /// [`headers`](Self::headers) returns. The layer takes it out while it
+    /// reads the message's context and writes the trace headers, and puts
+    /// it back before the inner service is called.
     fn headers_mut(&mut self) -> &mut HeaderMap;
 
     /// The payload.

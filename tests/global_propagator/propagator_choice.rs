@@ -130,6 +130,45 @@ async fn w3c_propagator_given_to_both_sides_wins_over_the_global() {
     assert_child_of(&process, &publish);
 }
 
+#[tokio::test]
+async fn w3c_propagator_given_to_the_adapter_reads_with_the_fast_path() {
+    // A `tracestate` of 33 members is dropped either way, but only the
+    // crate's own decoding (its fast path) can note it on the record: a
+    // propagator called through the `TextMapPropagator` trait returns a
+    // context and nothing else. So this tells which path
+    // `.propagator(W3cPropagator::new())` takes, while the global writes
+    // and reads other names.
+    let _global = set_propagator(RenamedTraceContext::new()).await;
+    let _telemetry = Telemetry::install();
+    let server = NatsServer::start();
+    let client = connect(&server).await;
+    let mut jobs = client
+        .subscribe("jobs.w3c_fast")
+        .await
+        .unwrap()
+        .with_trace_context()
+        .propagator(W3cPropagator::new());
+    let tracestate: Vec<String> = (0..33).map(|i| format!("k{i}=v")).collect();
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert(
+        "traceparent",
+        "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+    );
+    headers.insert("tracestate", tracestate.join(",").as_str());
+    client
+        .publish_with_headers("jobs.w3c_fast", headers, "job".into())
+        .await
+        .unwrap();
+
+    let (_, cx) = next(&mut jobs).await;
+    let record = cx.extraction().unwrap();
+    assert_eq!(record.source(), ContextSource::Headers, "{record}");
+    assert!(
+        record.notes().iter().any(|n| n.contains("tracestate")),
+        "the fast path notes the dropped tracestate: {record}"
+    );
+}
+
 /// W3C Trace Context under other header names: `x-parent` and `x-state`.
 #[derive(Debug)]
 struct RenamedTraceContext {
