@@ -7,8 +7,8 @@
 
 use nats_otel::propagation::W3cPropagator;
 use nats_otel::{
-    consume::NoContextReason, propagation::global_propagator_is_noop, ContextSource,
-    MessageContextExt, TraceContextStreamExt, TracePropagationLayer,
+    consume::NoContextReason, propagation::global_propagator_is_noop, ContextExtractingConsumer,
+    ContextSource, MessageContextExt, TraceContextStreamExt, TracePropagationLayer,
 };
 use opentelemetry::baggage::BaggageExt;
 use opentelemetry::propagation::text_map_propagator::FieldIter;
@@ -27,6 +27,24 @@ async fn set_global_trace_context() -> MutexGuard<'static, ()> {
     let guard = set_propagator(TraceContextPropagator::new()).await;
     assert!(!global_propagator_is_noop());
     guard
+}
+
+/// A traced subscription to `subject` that injects and extracts with
+/// `propagator` rather than the default choice.
+async fn subscribe_with<P>(
+    client: &async_nats::Client,
+    subject: &str,
+    propagator: P,
+) -> ContextExtractingConsumer<async_nats::Subscriber>
+where
+    P: TextMapPropagator + Send + Sync + 'static,
+{
+    client
+        .subscribe(subject.to_owned())
+        .await
+        .unwrap()
+        .with_trace_context()
+        .propagator(propagator)
 }
 
 #[tokio::test]
@@ -101,12 +119,7 @@ async fn w3c_propagator_given_to_both_sides_wins_over_the_global() {
     let telemetry = Telemetry::install();
     let server = NatsServer::start();
     let client = connect(&server).await;
-    let mut jobs = client
-        .subscribe("jobs.w3c_given")
-        .await
-        .unwrap()
-        .with_trace_context()
-        .propagator(W3cPropagator::new());
+    let mut jobs = subscribe_with(&client, "jobs.w3c_given", W3cPropagator::new()).await;
 
     publish_from_api(
         TracePropagationLayer::new().propagator(W3cPropagator::new()),
@@ -142,12 +155,7 @@ async fn w3c_propagator_given_to_the_adapter_reads_with_the_fast_path() {
     let _telemetry = Telemetry::install();
     let server = NatsServer::start();
     let client = connect(&server).await;
-    let mut jobs = client
-        .subscribe("jobs.w3c_fast")
-        .await
-        .unwrap()
-        .with_trace_context()
-        .propagator(W3cPropagator::new());
+    let mut jobs = subscribe_with(&client, "jobs.w3c_fast", W3cPropagator::new()).await;
     let tracestate: Vec<String> = (0..33).map(|i| format!("k{i}=v")).collect();
     let mut headers = async_nats::HeaderMap::new();
     headers.insert(
@@ -235,12 +243,7 @@ async fn custom_propagator_on_both_sides_wins_over_the_global() {
     let telemetry = Telemetry::install();
     let server = NatsServer::start();
     let client = connect(&server).await;
-    let mut custom = client
-        .subscribe("jobs.custom")
-        .await
-        .unwrap()
-        .with_trace_context()
-        .propagator(RenamedTraceContext::new());
+    let mut custom = subscribe_with(&client, "jobs.custom", RenamedTraceContext::new()).await;
     // A second consumer of the same message, with the default choice.
     let mut default = traced_subscription(&client, "jobs.custom").await;
 
