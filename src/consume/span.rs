@@ -30,7 +30,8 @@ struct Consumed {
     /// The tracer and templates that made and named the `process` span:
     /// settle spans under this context are named with the same templates,
     /// and made with the same tracer when [`tracer_span`](Self::tracer_span).
-    /// Shared: one reference count per message.
+    /// Shared: one reference count per message; `None` when settlement's
+    /// fallbacks (`tracing` spans, the default templates) are the same.
     #[cfg_attr(not(feature = "jetstream"), allow(dead_code))]
     setup: Option<Arc<SpanSetup>>,
     /// Whether the `process` span was made by the tracer (not a `tracing`
@@ -270,10 +271,15 @@ pub(crate) fn process_context(
         InContext::Tracer => (None, true),
         InContext::Empty => (None, false),
     };
+    // Settlement falls back to `tracing` spans and the default templates:
+    // the setup is kept (a reference count per message) only when it says
+    // otherwise.
+    let setup =
+        (tracer_span || !options.setup.templates.is_default()).then(|| Arc::clone(&options.setup));
     cx.with_value(Consumed {
         record,
         span,
-        setup: Some(Arc::clone(&options.setup)),
+        setup,
         tracer_span,
         timer,
     })

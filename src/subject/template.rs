@@ -155,6 +155,12 @@ impl SubjectTemplates {
 
     /// Whether `subject` is a temporary destination: under `_INBOX.` or a
     /// configured inbox prefix followed by `.`.
+    /// Whether these are the defaults: no pattern, no inbox prefix besides
+    /// `_INBOX` (they name a subject as `SubjectTemplates::default()` does).
+    pub(crate) fn is_default(&self) -> bool {
+        self.patterns.is_empty() && self.inbox_prefixes.is_empty()
+    }
+
     pub(crate) fn is_temporary(&self, subject: &str) -> bool {
         is_under(subject, DEFAULT_INBOX_PREFIX)
             || self.inbox_prefixes.iter().any(|p| is_under(subject, p))
@@ -314,6 +320,9 @@ fn is_under(subject: &str, prefix: &str) -> bool {
 /// `subject` with each generated-looking token replaced by `*`, or `None`
 /// (without allocating) when no token looks generated.
 fn heuristic_template(subject: &str) -> Option<String> {
+    if !may_have_generated_token(subject) {
+        return None;
+    }
     let mut template: Option<String> = None;
     let mut start = 0;
     for token in subject.split('.') {
@@ -338,6 +347,15 @@ fn heuristic_template(subject: &str) -> Option<String> {
         start = end + 1;
     }
     template
+}
+
+/// Whether any token of `subject` could look generated: every rule of
+/// [`looks_generated`] needs an ASCII digit or at least 22 bytes (22
+/// letters, 32 hex digits, a 36-byte UUID). Most subjects are short words
+/// (`orders.created`): this rules them out in one pass, without splitting.
+#[inline]
+fn may_have_generated_token(subject: &str) -> bool {
+    subject.len() >= 22 || subject.bytes().any(|b| b.is_ascii_digit())
 }
 
 /// Separators of a prefixed id (`job-…`, `order_…`, `user:…`).
@@ -770,6 +788,21 @@ mod tests {
                 prop_assert!(subject_matches(template, &subject), "{} !~ {}", template, subject);
                 prop_assert!(template.len() <= subject.len());
                 prop_assert!(template.contains('*'));
+            }
+        }
+
+        /// The quick rule-out never hides a token the heuristic would
+        /// template: digit-free tokens of every length, hex and letters
+        /// around 22, 32 and 36 bytes included.
+        #[test]
+        fn rule_out_keeps_every_generated_token(
+            token in "[a-zA-Z_:-]{0,40}|[a-fA-F-]{20,40}|[a-zA-Z]{21,23}|[0-9a-zA-Z_:-]{0,12}"
+        ) {
+            if looks_generated(&token) {
+                prop_assert!(may_have_generated_token(&token), "{}", token);
+            }
+            if !may_have_generated_token(&token) {
+                prop_assert_eq!(heuristic_template(&token), None);
             }
         }
 

@@ -87,6 +87,31 @@ async fn settle_outcomes_are_client_spans_under_the_process_span() {
     }
 }
 
+/// With `tracing` spans and configured templates, a settlement is named by
+/// the adapter's templates, like its `process` span.
+#[tokio::test]
+async fn settle_spans_are_named_by_the_adapters_templates() {
+    let telemetry = Telemetry::install();
+    let server = NatsServer::start();
+    let (js, consumer) = setup(&server, Duration::from_secs(30)).await;
+    publish_in_span(&js, "api", "jobs.a").await;
+    let mut messages = consumer
+        .messages()
+        .await
+        .unwrap()
+        .with_trace_context()
+        .subject_templates(nats_otel::subject::SubjectTemplates::new(["jobs.*"]).unwrap());
+    let (message, cx) = messages.next().await.unwrap().unwrap();
+    message.settle(AckKind::Ack, &cx).await.unwrap();
+    drop((message, cx, messages));
+
+    let settle = telemetry.span("ack jobs.*");
+    let process = telemetry.span("process jobs.*");
+    assert_child_of(&settle, &process);
+    assert_attribute(&settle, "messaging.destination.name", "jobs.a");
+    assert_attribute(&settle, "messaging.destination.template", "jobs.*");
+}
+
 #[tokio::test]
 async fn fetch_batch_receive_span_links_every_creation_context() {
     let telemetry = Telemetry::install();
