@@ -153,14 +153,14 @@ impl SubjectTemplates {
         self
     }
 
-    /// Whether `subject` is a temporary destination: under `_INBOX.` or a
-    /// configured inbox prefix followed by `.`.
     /// Whether these are the defaults: no pattern, no inbox prefix besides
     /// `_INBOX` (they name a subject as `SubjectTemplates::default()` does).
     pub(crate) fn is_default(&self) -> bool {
         self.patterns.is_empty() && self.inbox_prefixes.is_empty()
     }
 
+    /// Whether `subject` is a temporary destination: under `_INBOX.` or a
+    /// configured inbox prefix followed by `.`.
     pub(crate) fn is_temporary(&self, subject: &str) -> bool {
         is_under(subject, DEFAULT_INBOX_PREFIX)
             || self.inbox_prefixes.iter().any(|p| is_under(subject, p))
