@@ -47,6 +47,16 @@ where
         .propagator(propagator)
 }
 
+/// The api span, the `publish {subject}` span under it, and the
+/// `process {subject}` span under that: one trace from end to end.
+fn assert_one_trace(telemetry: &Telemetry, subject: &str) {
+    let api = telemetry.span("api");
+    let publish = telemetry.span(&format!("publish {subject}"));
+    let process = telemetry.span(&format!("process {subject}"));
+    assert_child_of(&publish, &api);
+    assert_child_of(&process, &publish);
+}
+
 #[tokio::test]
 async fn global_trace_context_propagator_is_used_when_set() {
     let _global = set_global_trace_context().await;
@@ -70,11 +80,7 @@ async fn global_trace_context_propagator_is_used_when_set() {
     assert_eq!(cx.baggage().len(), 0);
     drop(cx);
 
-    let api = telemetry.span("api");
-    let publish = telemetry.span("publish jobs.global");
-    let process = telemetry.span("process jobs.global");
-    assert_child_of(&publish, &api);
-    assert_child_of(&process, &publish);
+    assert_one_trace(&telemetry, "jobs.global");
 }
 
 #[tokio::test]
@@ -104,11 +110,7 @@ async fn w3c_propagator_as_the_global_carries_trace_and_baggage_across() {
     );
     drop(cx);
 
-    let api = telemetry.span("api");
-    let publish = telemetry.span("publish jobs.w3c");
-    let process = telemetry.span("process jobs.w3c");
-    assert_child_of(&publish, &api);
-    assert_child_of(&process, &publish);
+    assert_one_trace(&telemetry, "jobs.w3c");
 }
 
 #[tokio::test]
