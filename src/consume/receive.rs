@@ -9,7 +9,7 @@ use opentelemetry_semantic_conventions::attribute as semconv;
 use crate::propagation::MessageMeta;
 use crate::subject::SubjectTemplates;
 use crate::telemetry::{MessagingAttributes, Metrics, SpanTracer};
-use crate::telemetry::{MessagingSpan, Operation, OperationType, Parent};
+use crate::telemetry::{MessagingSpan, Operation, OperationType, Parent, SpanName};
 
 /// The optional CLIENT `receive` span over a whole batch.
 pub(crate) struct ReceiveSpan {
@@ -45,7 +45,7 @@ impl ReceiveSpan {
                 destination: None,
                 template: None,
                 temporary: false,
-                span_name: "receive".into(),
+                span_name: SpanName::Given("receive".into()),
             };
             operation.start(tracer, Parent::Root(None))
         });

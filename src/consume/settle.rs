@@ -16,7 +16,7 @@ use tracing::Instrument;
 use crate::consume::span::{process_metrics, process_templates, process_tracer};
 use crate::subject::SubjectTemplates;
 use crate::telemetry::SpanTracer;
-use crate::telemetry::{MessagingSpan, Operation, OperationType, Parent};
+use crate::telemetry::{MessagingSpan, Operation, OperationType, Parent, SpanName};
 
 /// The semantic-conventions operation name of a settlement.
 fn operation_name(kind: &AckKind) -> &'static str {
@@ -90,7 +90,7 @@ impl SettleExt for Message {
             destination: Some(subject),
             template: destination.template.as_deref(),
             temporary: destination.temporary,
-            span_name: destination.span_name(name, subject).into(),
+            span_name: SpanName::Joined(name, destination.span_destination(subject)),
         };
         let tracer = process_tracer(cx).unwrap_or(&SpanTracer::Tracing);
         let measured = process_metrics(cx).map(|(metrics, attributes)| {

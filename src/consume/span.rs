@@ -16,7 +16,7 @@ use crate::propagation::{ContextSource, ExtractionRecord};
 use crate::subject::{Destination, SubjectTemplates};
 use crate::telemetry::SpanTracer;
 use crate::telemetry::{captured_headers, SpanNameFn};
-use crate::telemetry::{InContext, Operation, OperationType, Parent};
+use crate::telemetry::{InContext, Operation, OperationType, Parent, SpanName};
 use crate::telemetry::{MessagingAttributes, Metrics};
 
 /// What the adapter stores in a yielded [`Context`]: the extraction record
@@ -226,8 +226,8 @@ pub(crate) fn process_context(
         return remote.with_value(consumed);
     }
     let span_name = match &options.span_name {
-        Some(f) => f(subject),
-        None => destination.span_name("process", subject),
+        Some(f) => SpanName::Given(f(subject).into()),
+        None => SpanName::Joined("process", destination.span_destination(subject)),
     };
     let redelivered = meta.jetstream.as_ref().is_some_and(|js| js.delivered > 1);
     let new_trace = match options.parenting {
@@ -250,7 +250,7 @@ pub(crate) fn process_context(
         destination: Some(subject),
         template: destination.template.as_deref(),
         temporary: destination.temporary,
-        span_name: span_name.into(),
+        span_name,
     };
     let (cx, span) = operation.start_in_context(&options.setup.tracer, parent, || {
         recorded_attributes(meta, &record, options)

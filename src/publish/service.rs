@@ -16,7 +16,7 @@ use crate::propagation::TRACEPARENT;
 use crate::propagation::{find_header, HeaderInjector};
 use crate::telemetry::captured_headers;
 use crate::telemetry::{caller_context, tracing_caller_context, MessagingAttributes};
-use crate::telemetry::{MessagingSpan, Operation, OperationType, Parent, SpanTracer};
+use crate::telemetry::{MessagingSpan, Operation, OperationType, Parent, SpanName, SpanTracer};
 use opentelemetry_semantic_conventions::attribute as semconv;
 
 /// The NATS header JetStream uses for de-duplication; recorded as the
@@ -181,10 +181,9 @@ where
                     template: destination.template.as_deref(),
                     temporary: destination.temporary,
                     span_name: match &layer.span_name {
-                        Some(f) => f(subject),
-                        None => destination.span_name("publish", subject),
-                    }
-                    .into(),
+                        Some(f) => SpanName::Given(f(subject).into()),
+                        None => SpanName::Joined("publish", destination.span_destination(subject)),
+                    },
                 };
                 // A tracer span's parent was read above (a caller's context
                 // read then is moved on, not cloned); a `tracing` span's is

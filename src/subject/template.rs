@@ -22,6 +22,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use super::subject_matches;
+use crate::telemetry::SpanName;
 
 /// The inbox prefix of every NATS client (`_INBOX.<nuid>...`).
 const DEFAULT_INBOX_PREFIX: &str = "_INBOX";
@@ -197,22 +198,20 @@ pub(crate) struct Destination<'a> {
 }
 
 impl Destination<'_> {
-    /// `{operation} {template}`, else `{operation} {subject}`; the
-    /// operation alone for a temporary (or empty) destination.
-    pub(crate) fn span_name(&self, operation: &str, subject: &str) -> String {
-        let destination = match &self.template {
+    /// What a span name shows after the operation: the template, else the
+    /// subject; empty for a temporary destination.
+    pub(crate) fn span_destination<'s>(&'s self, subject: &'s str) -> &'s str {
+        match &self.template {
             _ if self.temporary => "",
             Some(template) => template,
             None => subject,
-        };
-        if destination.is_empty() {
-            return operation.to_owned();
         }
-        let mut name = String::with_capacity(operation.len() + 1 + destination.len());
-        name.push_str(operation);
-        name.push(' ');
-        name.push_str(destination);
-        name
+    }
+
+    /// `{operation} {template}`, else `{operation} {subject}`; the
+    /// operation alone for a temporary (or empty) destination.
+    pub(crate) fn span_name(&self, operation: &'static str, subject: &str) -> String {
+        SpanName::Joined(operation, self.span_destination(subject)).to_string()
     }
 }
 

@@ -10,7 +10,6 @@
 //! a span that records ([`Operation::start_with`],
 //! [`Operation::start_in_context`]).
 
-use std::borrow::Cow;
 use std::fmt::Display;
 
 use opentelemetry::global::BoxedSpan;
@@ -22,6 +21,7 @@ use opentelemetry_sdk::trace::Span as SdkSpan;
 use opentelemetry_semantic_conventions::attribute as semconv;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
+use super::span::SpanName;
 use super::tracer::{caller_context, SpanTracer};
 
 /// `messaging.system` of every span.
@@ -83,7 +83,7 @@ pub(crate) struct Operation<'a> {
     /// `messaging.destination.temporary` (an inbox).
     pub(crate) temporary: bool,
     /// The span's name (`otel.name` of a `tracing` span).
-    pub(crate) span_name: Cow<'static, str>,
+    pub(crate) span_name: SpanName<'a>,
 }
 
 /// Where a span starts.
@@ -275,7 +275,8 @@ impl Operation<'_> {
             Parent::Root(linked) => (Context::new(), linked.and_then(link)),
         };
         let attributes = self.sampling_attributes();
-        let mut builder = SpanBuilder::from_name(self.span_name).with_kind(self.kind.span_kind());
+        let mut builder =
+            SpanBuilder::from_name(self.span_name.into_cow()).with_kind(self.kind.span_kind());
         builder.attributes = Some(attributes);
         builder.links = links;
         let mut span = tracer.build_with_context(builder, &cx);
@@ -330,7 +331,9 @@ fn tracing_span(op: &Operation<'_>, root: bool) -> tracing::Span {
                 target: "nats_otel",
                 $($parent: $value,)?
                 $name,
-                otel.name = &*op.span_name,
+                // Formatted once, by tracing-opentelemetry: no name
+                // string is made here for it to copy.
+                otel.name = format_args!("{}", op.span_name),
                 otel.kind = op.kind.otel_kind(),
                 { semconv::MESSAGING_SYSTEM } = MESSAGING_SYSTEM,
                 { semconv::MESSAGING_DESTINATION_NAME } = op.destination,

@@ -9,5 +9,5 @@ mod tracer;
 
 pub(crate) use messaging::{InContext, MessagingSpan, Operation, OperationType, Parent};
 pub(crate) use metrics::{MessagingAttributes, Metrics};
-pub(crate) use span::{captured_headers, SpanNameFn};
+pub(crate) use span::{captured_headers, SpanName, SpanNameFn};
 pub(crate) use tracer::{caller_context, tracing_caller_context, SpanTracer};

@@ -1,6 +1,8 @@
 //! What the publish and consume sides' spans share besides the span
 //! itself: span naming and captured headers as attributes.
 
+use std::borrow::Cow;
+use std::fmt;
 use std::sync::Arc;
 
 use async_nats::HeaderMap;
@@ -11,6 +13,44 @@ use crate::propagation::find_header;
 
 /// Names a span from the message subject.
 pub(crate) type SpanNameFn = Arc<dyn Fn(&str) -> String + Send + Sync>;
+
+/// A span's name: given whole, or `{operation} {destination}` (the
+/// operation alone when the destination is empty), written out only once:
+/// by tracing-opentelemetry for a `tracing` span, here for a tracer span.
+#[derive(Debug)]
+pub(crate) enum SpanName<'a> {
+    /// A name made by the caller (a custom span-name function, or fixed).
+    Given(Cow<'static, str>),
+    /// The operation and the destination's template or subject.
+    Joined(&'static str, &'a str),
+}
+
+impl SpanName<'_> {
+    /// The name as the span builder takes it.
+    pub(crate) fn into_cow(self) -> Cow<'static, str> {
+        match self {
+            Self::Given(name) => name,
+            Self::Joined(operation, "") => Cow::Borrowed(operation),
+            Self::Joined(operation, destination) => {
+                let mut name = String::with_capacity(operation.len() + 1 + destination.len());
+                name.push_str(operation);
+                name.push(' ');
+                name.push_str(destination);
+                Cow::Owned(name)
+            }
+        }
+    }
+}
+
+impl fmt::Display for SpanName<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Given(name) => f.write_str(name),
+            Self::Joined(operation, "") => f.write_str(operation),
+            Self::Joined(operation, destination) => write!(f, "{operation} {destination}"),
+        }
+    }
+}
 
 /// The allow-listed headers as `messaging.nats.header.<name>` attributes.
 pub(crate) fn captured_headers<'a>(
@@ -27,4 +67,22 @@ pub(crate) fn captured_headers<'a>(
             })
         })
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::SpanName;
+
+    #[test]
+    fn span_names_read_the_same_written_out_or_formatted() {
+        let cases = [
+            (SpanName::Joined("publish", "orders.*"), "publish orders.*"),
+            (SpanName::Joined("publish", ""), "publish"),
+            (SpanName::Given("custom name".into()), "custom name"),
+        ];
+        for (name, expected) in cases {
+            assert_eq!(name.to_string(), expected);
+            assert_eq!(name.into_cow(), expected);
+        }
+    }
 }
