@@ -47,7 +47,22 @@ impl fmt::Display for SpanName<'_> {
         match self {
             Self::Given(name) => f.write_str(name),
             Self::Joined(operation, "") => f.write_str(operation),
-            Self::Joined(operation, destination) => write!(f, "{operation} {destination}"),
+            Self::Joined(operation, destination) => {
+                // One write: a `String` being formatted into then grows
+                // once, to the whole name, instead of at every part.
+                let len = operation.len() + 1 + destination.len();
+                let mut joined = [0; 128];
+                match joined.get_mut(..len) {
+                    Some(joined) => {
+                        let (head, tail) = joined.split_at_mut(operation.len());
+                        head.copy_from_slice(operation.as_bytes());
+                        tail[0] = b' ';
+                        tail[1..].copy_from_slice(destination.as_bytes());
+                        f.write_str(std::str::from_utf8(joined).map_err(|_| fmt::Error)?)
+                    }
+                    None => write!(f, "{operation} {destination}"),
+                }
+            }
         }
     }
 }
@@ -75,10 +90,15 @@ mod tests {
 
     #[test]
     fn span_names_read_the_same_written_out_or_formatted() {
+        let long = "a.".repeat(100);
         let cases = [
             (SpanName::Joined("publish", "orders.*"), "publish orders.*"),
             (SpanName::Joined("publish", ""), "publish"),
             (SpanName::Given("custom name".into()), "custom name"),
+            (
+                SpanName::Joined("process", &long),
+                &format!("process {long}"),
+            ),
         ];
         for (name, expected) in cases {
             assert_eq!(name.to_string(), expected);
