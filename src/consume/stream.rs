@@ -92,10 +92,12 @@ impl ContextExtractor {
     /// An extractor with the default propagator and no fallback.
     ///
     /// By default, the global propagator is used when one has been set, and
-    /// W3C Trace Context + Baggage when the global is still the no-op (the
-    /// crate's fast path, also taken when the global is a
-    /// [`W3cPropagator`](crate::propagation::W3cPropagator)). The global is
-    /// read for every message, so one set later is used from then on.
+    /// W3C Trace Context + Baggage (the crate's fast path) when the global
+    /// is still the no-op. The global is read for every message, so one set
+    /// later is used from then on. A
+    /// [`W3cPropagator`](crate::propagation::W3cPropagator) set as the
+    /// global is called like any other global propagator; give it with
+    /// [`propagator`](Self::propagator) too to keep the fast path.
     pub fn new() -> Self {
         Self::default()
     }
